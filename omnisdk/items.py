@@ -1,0 +1,92 @@
+"""What `encode` accepts: `Item`, a typed input with an optional locator into a larger file."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Locator:
+    """Where a chunk sits inside its file: a PDF page (1-based) or a time span in seconds."""
+
+    page: int | None = None
+    t0: float | None = None
+    t1: float | None = None
+
+    def __str__(self) -> str:
+        if self.page is not None:
+            return f"page {self.page}"
+        if self.t0 is not None:
+            return f"{self.t0:.2f}-{self.t1:.2f}s"
+        return "whole"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in (("page", self.page), ("t0", self.t0), ("t1", self.t1)) if v is not None}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> Locator | None:
+        return cls(**data) if data else None
+
+
+@dataclass(frozen=True)
+class Item:
+    """One input: text, a file path, or an in-memory object (PIL image, waveform), with its modality.
+
+    `modality` is None until detection fills it in. `text` may accompany a file (a caption).
+    """
+
+    modality: str | None = None
+    text: str | None = None
+    path: Path | None = None
+    data: Any = field(default=None, compare=False)
+    locator: Locator | None = None
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def of_text(cls, text: str) -> Item:
+        return cls(modality="text", text=text)
+
+    @classmethod
+    def of_file(cls, path: str | Path, modality: str | None = None, locator: Locator | None = None) -> Item:
+        return cls(modality=modality, path=Path(path), locator=locator)
+
+    def with_modality(self, modality: str) -> Item:
+        return replace(self, modality=modality)
+
+    def with_locator(self, locator: Locator | None) -> Item:
+        return replace(self, locator=locator)
+
+    def label(self) -> str:
+        if self.path is not None:
+            where = f" [{self.locator}]" if self.locator else ""
+            return f"{self.path}{where}"
+        if self.text is not None:
+            return repr(self.text)
+        return f"<{type(self.data).__name__}>"
+
+
+def as_item(obj: Any) -> Item:
+    """Wrap what a user passed: `str` is text, `Path` is a file, `Item` passes, anything else is data."""
+    if isinstance(obj, Item):
+        return obj
+    if isinstance(obj, str):
+        return Item.of_text(obj)
+    if isinstance(obj, Path):
+        return Item.of_file(obj)
+    if isinstance(obj, dict):
+        return item_from_dict(obj)
+    return Item(data=obj)
+
+
+def item_from_dict(data: dict[str, Any], root: Path | None = None) -> Item:
+    """Build an item from the dataset format's JSON object (`modality`, `text`, `path`, `locator`)."""
+    path = data.get("path")
+    if path is not None:
+        path = Path(path) if root is None else Path(root) / path
+    return Item(
+        modality=data.get("modality"),
+        text=data.get("text"),
+        path=path,
+        locator=Locator.from_dict(data.get("locator")),
+    )

@@ -1,0 +1,249 @@
+"""The ModalityPlugin contract: preprocessing, an adapter, fusion metadata and defaults for one modality.
+
+A subclass implements two methods, `preprocess` and `build_adapter`, and sets class attributes that
+say what it accepts and how fusion treats its parameters. See docs/writing-plugins.md.
+"""
+from __future__ import annotations
+
+import fnmatch
+import importlib.util
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
+
+from pydantic import BaseModel, ConfigDict
+
+from omnisdk.items import Item, Locator
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+class PluginConfig(BaseModel):
+    """Base of every plugin's settings; saved in the checkpoint manifest."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Instructions(BaseModel):
+    """Text prepended to an item's tokens when it is encoded as a query or as a document."""
+
+    query: str = ""
+    document: str = ""
+
+
+class FusionSpec(BaseModel):
+    """How fusion treats this plugin's adapter parameters.
+
+    Patterns are fnmatch globs over parameter names relative to the adapter (e.g. `projector.*`).
+    `shared` parameters are merged by task vectors like the backbone; `owned` ones are copied from
+    this plugin's specialist. `recovery` says whether Projector Recovery applies after fusion.
+    """
+
+    shared: list[str] = ["*"]
+    owned: list[str] = []
+    recovery: bool = False
+
+    def owner_kind(self, relative_name: str) -> str:
+        if any(fnmatch.fnmatchcase(relative_name, p) for p in self.owned):
+            return "owned"
+        if any(fnmatch.fnmatchcase(relative_name, p) for p in self.shared):
+            return "shared"
+        raise ValueError(f"parameter '{relative_name}' matches neither shared {self.shared} nor owned {self.owned}")
+
+
+class TrainingDefaults(BaseModel):
+    """A modality's default specialist-training settings; a user config overrides any of them."""
+
+    learning_rate: float = 5e-5
+    steps: int = 200
+    batch_size: int = 32
+    temperature: float = 0.05
+    warmup_ratio: float = 0.1
+    lora: bool = False
+
+
+class RecoveryPlan(BaseModel):
+    """What trains when a modality is repaired after fusion: full parameter names as fnmatch globs."""
+
+    trainable: list[str]
+    learning_rate: float = 1e-3
+    steps: int = 200
+
+
+@dataclass
+class Prepared:
+    """What `preprocess` returns: the batch of the good items and the cause of each bad one.
+
+    `ok` lists the positions (in the items passed) of the rows of `batch`, in batch order;
+    `errors` maps a position to its cause. Every position is in exactly one of the two.
+    """
+
+    batch: Any
+    ok: list[int]
+    errors: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass
+class TokenEmbeddings:
+    """An adapter's output: embeddings of the backbone's width and a mask of the real tokens.
+
+    `framed` is True when the sequence already carries the backbone's special tokens (the text
+    path tokenizes with them); otherwise the model adds them around the content.
+    """
+
+    embeds: torch.Tensor  # [batch, tokens, hidden]
+    mask: torch.Tensor  # [batch, tokens], 1 for real tokens
+    framed: bool = False
+
+    @staticmethod
+    def cat(parts: Sequence[TokenEmbeddings]) -> TokenEmbeddings:
+        """Concatenate per row, packing real tokens to the left so padding stays at the end."""
+        import torch
+
+        embeds = torch.cat([p.embeds for p in parts], dim=1)
+        mask = torch.cat([p.mask.to(torch.long) for p in parts], dim=1)
+        # A stable sort on "is padding" moves each row's real tokens first, keeping their order.
+        order = torch.argsort((mask == 0).to(torch.int8), dim=1, stable=True)
+        embeds = torch.gather(embeds, 1, order.unsqueeze(-1).expand_as(embeds))
+        mask = torch.gather(mask, 1, order)
+        width = int(mask.sum(dim=1).max().item()) if mask.numel() else 0
+        return TokenEmbeddings(embeds[:, :width], mask[:, :width], framed=any(p.framed for p in parts))
+
+
+class Runtime:
+    """What an adapter may use at forward time: the backbone's text embedding and the other adapters."""
+
+    def __init__(self, model: Any):
+        self._model = model
+
+    @property
+    def hidden_size(self) -> int:
+        return self._model.hidden_size
+
+    @property
+    def device(self) -> torch.device:
+        return self._model.device
+
+    @property
+    def max_length(self) -> int:
+        """The backbone's token budget for one sequence."""
+        return self._model.spec.max_length
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._model.tokenizer
+
+    def embed_text(self, texts: Sequence[str], max_length: int | None = None) -> TokenEmbeddings:
+        """Tokenize and embed texts with the backbone's own tokenizer and input embeddings."""
+        return self._model.embed_text_tokens(texts, max_length=max_length)
+
+    def embed_token_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self._model.backbone.get_input_embeddings()(input_ids)
+
+    def adapter(self, modality: str) -> nn.Module:
+        """Another modality's adapter, for plugins that reuse it (video and documents use the image tower)."""
+        return self._model.adapters[modality]
+
+    def plugin(self, modality: str) -> ModalityPlugin:
+        return self._model.plugins[modality]
+
+
+@dataclass
+class BuildContext:
+    """What `build_adapter` gets: the backbone's width and a way to reach the adapters it depends on."""
+
+    hidden_size: int
+    tokenizer: Any
+    plugins: dict[str, ModalityPlugin]
+
+
+class ModalityPlugin(ABC):
+    """One modality: what it accepts, how it turns inputs into a batch, and the adapter that embeds it."""
+
+    name: ClassVar[str]
+    version: ClassVar[str] = "0.0.0"
+    description: ClassVar[str] = ""
+    #: pip extra (of omnisdk) or package that provides the libraries in `requires`.
+    extra: ClassVar[str | None] = None
+    package: ClassVar[str] = "omnisdk"
+    #: importable modules it needs; "a|b" means either will do.
+    requires: ClassVar[tuple[str, ...]] = ()
+    extensions: ClassVar[tuple[str, ...]] = ()
+    mime_types: ClassVar[tuple[str, ...]] = ()
+    #: dotted names of Python types it takes in memory, matched against the MRO without importing.
+    python_types: ClassVar[tuple[str, ...]] = ()
+    #: other modalities whose adapters this one calls; they are built first.
+    uses: ClassVar[tuple[str, ...]] = ()
+    Config: ClassVar[type[PluginConfig]] = PluginConfig
+    instructions: ClassVar[Instructions] = Instructions()
+    fusion: ClassVar[FusionSpec] = FusionSpec()
+    training: ClassVar[TrainingDefaults] = TrainingDefaults()
+
+    def __init__(self, config: PluginConfig | dict[str, Any] | None = None):
+        if isinstance(config, PluginConfig):
+            self.config = config
+        else:
+            self.config = self.Config.model_validate(config or {})
+
+    # -- the two methods a plugin must write ------------------------------------------------
+    @abstractmethod
+    def preprocess(self, items: Sequence[Item], runtime: Runtime) -> Prepared:
+        """Decode and prepare items; a bad item goes to `errors`, never raises for the batch."""
+
+    @abstractmethod
+    def build_adapter(self, ctx: BuildContext) -> nn.Module:
+        """Build the module mapping a prepared batch to TokenEmbeddings: `adapter(batch, runtime)`."""
+
+    # -- optional behaviour with sensible defaults -----------------------------------------------
+    @classmethod
+    def missing_requirements(cls) -> list[str]:
+        """Modules in `requires` that cannot be imported here."""
+        missing = []
+        for need in cls.requires:
+            options = need.split("|")
+            if not any(importlib.util.find_spec(o) is not None for o in options):
+                missing.append(" or ".join(options))
+        return missing
+
+    @classmethod
+    def accepts_path(cls, path: Path) -> bool:
+        return path.suffix.lower() in cls.extensions
+
+    @classmethod
+    def accepts_object(cls, obj: Any) -> bool:
+        names = {f"{t.__module__}.{t.__qualname__}" for t in type(obj).__mro__}
+        return any(n in names for n in cls.python_types)
+
+    def chunk(self, item: Item) -> list[Item]:
+        """Split a long input into located chunks (pages, time windows); default: the item itself."""
+        return [item]
+
+    def length_hint(self, item: Item) -> int:
+        """A cheap size estimate used to sort a batch and limit padding."""
+        return len(item.text or "")
+
+    def recovery_plan(self, adapter_prefix: str) -> RecoveryPlan | None:
+        """Default recovery after fusion: train the owned parameters in full, freeze all else."""
+        if not self.fusion.recovery or not self.fusion.owned:
+            return None
+        return RecoveryPlan(trainable=[f"{adapter_prefix}{p}" for p in self.fusion.owned])
+
+    def describe_locator(self, locator: Locator | None) -> str:
+        return str(locator) if locator else ""
+
+
+def run_per_item(
+    items: Sequence[Item], load: Callable[[Item], Any], errors_of: tuple[type[BaseException], ...] = (Exception,)
+) -> tuple[list[Any], list[int], dict[int, str]]:
+    """Apply `load` to every item, collecting results of the good ones and the cause of each bad one."""
+    loaded, ok, errors = [], [], {}
+    for i, item in enumerate(items):
+        try:
+            loaded.append(load(item))
+            ok.append(i)
+        except errors_of as exc:  # one bad item never sinks the batch
+            errors[i] = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return loaded, ok, errors

@@ -1,0 +1,379 @@
+"""OmniModel: a shared Hugging Face backbone fed `inputs_embeds` by one adapter per modality plugin."""
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable, Literal, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from omnisdk import checkpoint as ckpt
+from omnisdk.backbone import BackboneSpec, Pooling, build_from_spec, load_pretrained, pool, spec_of, special_token_frame
+from omnisdk.errors import ItemError, ItemErrors, ModalityDetectionError, OmniError
+from omnisdk.items import Item, as_item
+from omnisdk.modality import BuildContext, ModalityPlugin, Prepared, Runtime, TokenEmbeddings
+from omnisdk.plugin_manager import get_modality, get_plugin_manager, modality_classes
+
+log = logging.getLogger(__name__)
+Role = Literal["query", "document"]
+ErrorPolicy = Literal["warn", "raise", "ignore"]
+
+
+class OmniModel(nn.Module):
+    """Embeds text, images, videos, PDF pages and audio into one L2-normalised vector space."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        tokenizer: Any,
+        plugins: Mapping[str, ModalityPlugin],
+        spec: BackboneSpec,
+        lineage: ckpt.Lineage | None = None,
+    ):
+        super().__init__()
+        if getattr(backbone, "pooler", None) is not None:
+            # BERT-style pooler heads are never used by our pooling; dropping them keeps every
+            # parameter trained (DDP insists) and out of task vectors.
+            backbone.pooler = None
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.spec = spec
+        self.plugins: dict[str, ModalityPlugin] = _dependency_order(plugins)
+        self.lineage = lineage or ckpt.Lineage()
+        self.runtime = Runtime(self)
+        self._fingerprint: str | None = None
+        self._prefix_ids, self._suffix_ids = special_token_frame(tokenizer)
+        self._instruction_cache: dict[str, list[int]] = {}
+        build = BuildContext(hidden_size=self.hidden_size, tokenizer=tokenizer, plugins=self.plugins)
+        self.adapters = nn.ModuleDict()
+        for name, plugin in self.plugins.items():
+            self.adapters[name] = plugin.build_adapter(build)
+        self.eval()
+
+    # -- construction -----------------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        backbone: str | Path | nn.Module,
+        tokenizer: Any = None,
+        plugins: Mapping[str, dict[str, Any] | None] | Sequence[str] | None = None,
+        *,
+        pooling: Pooling = "mean",
+        max_length: int = 256,
+        trust_remote_code: bool = False,
+        seed: int | None = 0,
+    ) -> OmniModel:
+        """A new base model: a pretrained (or given) backbone plus freshly initialised adapters.
+
+        `plugins` maps modality names to their config dicts; None means every available plugin
+        with default settings.
+        """
+        source = None
+        if isinstance(backbone, (str, Path)):
+            source = str(backbone)
+            backbone, loaded_tokenizer = load_pretrained(backbone, trust_remote_code=trust_remote_code)
+            tokenizer = tokenizer or loaded_tokenizer
+        if tokenizer is None:
+            raise OmniError("a backbone module needs its tokenizer: pass tokenizer=...")
+        if seed is not None:
+            torch.manual_seed(seed)
+        instances = _instantiate_plugins(plugins)
+        spec = spec_of(backbone, pooling, max_length, source)
+        return cls(backbone, tokenizer, instances, spec)
+
+    @classmethod
+    def load(
+        cls,
+        directory: str | Path,
+        *,
+        device: str | torch.device | None = None,
+        modalities: Iterable[str] | None = None,
+        verify: bool = True,
+    ) -> OmniModel:
+        """Load a checkpoint directory; never unpickles. `modalities` loads only those plugins."""
+        from transformers import AutoTokenizer
+
+        directory = Path(directory)
+        manifest = ckpt.read_manifest(directory)
+        wanted = set(modalities) if modalities is not None else None
+        plugins = {}
+        for entry in manifest.plugins:
+            if wanted is not None and entry.name not in wanted:
+                continue
+            plugin_cls = get_modality(entry.name, package=entry.package, extra=entry.extra)
+            plugins[entry.name] = plugin_cls(entry.config)
+        tokenizer = AutoTokenizer.from_pretrained(str(directory / ckpt.TOKENIZER_DIR), trust_remote_code=False)
+        backbone = build_from_spec(manifest.backbone)
+        model = cls(backbone, tokenizer, plugins, manifest.backbone, manifest.lineage)
+        state = ckpt.load_weights(directory)
+        if verify and ckpt.fingerprint(state.items()) != manifest.fingerprint:
+            raise ckpt.CheckpointError(
+                f"{directory / ckpt.WEIGHTS} does not match the fingerprint in its manifest: the weights were "
+                "changed or damaged after saving"
+            )
+        if wanted is not None:
+            kept = tuple(["backbone."] + [f"adapters.{m}." for m in plugins])
+            state = {k: v for k, v in state.items() if k.startswith(kept)}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ckpt.CheckpointError(
+                f"{directory} does not fit its manifest: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        model._fingerprint = manifest.fingerprint if wanted is None else None
+        return model.to(device or default_device())
+
+    def save(self, directory: str | Path, lineage: ckpt.Lineage | None = None) -> ckpt.Manifest:
+        """Write the checkpoint directory: weights, tokenizer, then the manifest last (it marks completion)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if lineage is not None:
+            self.lineage = lineage
+        state = self.state_dict()
+        ckpt.save_weights(state, directory / ckpt.WEIGHTS)
+        self.tokenizer.save_pretrained(str(directory / ckpt.TOKENIZER_DIR))
+        self._fingerprint = ckpt.fingerprint(state.items())
+        manifest = ckpt.Manifest(
+            backbone=self.spec,
+            plugins=[
+                ckpt.PluginEntry(name=n, version=p.version, package=p.package, extra=p.extra, config=p.config.model_dump())
+                for n, p in self.plugins.items()
+            ],
+            fingerprint=self._fingerprint,
+            lineage=self.lineage,
+        )
+        ckpt.write_manifest(directory, manifest)
+        return manifest
+
+    # -- properties ---------------------------------------------------------------------------------
+    @property
+    def hidden_size(self) -> int:
+        return int(self.backbone.config.hidden_size)
+
+    @property
+    def dim(self) -> int:
+        """Dimension of the output vectors."""
+        return self.hidden_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.backbone.parameters()).device
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the weights; identifies the model in collections and lineages."""
+        if self._fingerprint is None:
+            self._fingerprint = ckpt.fingerprint(self.state_dict().items())
+        return self._fingerprint
+
+    def parameter_owner(self, name: str) -> tuple[str, str]:
+        """(owner, kind) of a parameter: ("backbone", "shared") or (modality, "shared" | "owned")."""
+        if name.startswith("backbone."):
+            return "backbone", "shared"
+        if name.startswith("adapters."):
+            modality, _, relative = name[len("adapters.") :].partition(".")
+            return modality, self.plugins[modality].fusion.owner_kind(relative)
+        raise ValueError(f"parameter '{name}' belongs to neither the backbone nor an adapter")
+
+    # -- detection and preparation ------------------------------------------------------------------
+    def detect(self, item: Item) -> str:
+        """The modality of an item, asking every plugin's detection hook."""
+        classes = modality_classes()
+        found = get_plugin_manager().hook.omnisdk_detect_modality(item=item, modalities=classes)
+        if found is None:
+            what = f"file type '{item.path.suffix or item.path.name}'" if item.path is not None else f"type {type(item.data).__name__}"
+            raise ModalityDetectionError(f"no installed plugin accepts {what} (modalities: {', '.join(sorted(classes))})")
+        return found
+
+    def prepare(self, modality: str, items: Sequence[Item], role: Role | None = None) -> Prepared:
+        """Preprocess items of one modality into a batch on this model's device."""
+        plugin = self.plugins[modality]
+        if modality == "text" and role is not None:
+            instruction = getattr(plugin.instructions, role)
+            if instruction:
+                items = [Item.of_text(instruction + (it.text or "")) for it in items]
+        prepared = plugin.preprocess(items, self.runtime)
+        prepared.batch = _to_device(prepared.batch, self.device)
+        return prepared
+
+    def forward_batch(self, modality: str, batch: Any, role: Role | None = None) -> torch.Tensor:
+        """Embed a prepared batch: adapter, framing, backbone, pooling, L2 normalisation. Keeps gradients."""
+        tokens: TokenEmbeddings = self.adapters[modality](batch, self.runtime)
+        if not tokens.framed:
+            tokens = self._frame(tokens, modality, role)
+        out = self.backbone(inputs_embeds=tokens.embeds, attention_mask=tokens.mask)
+        pooled = pool(out.last_hidden_state, tokens.mask, self.spec.pooling)
+        return torch.nn.functional.normalize(pooled.float(), dim=-1)
+
+    def embed_text_tokens(self, texts: Sequence[str], max_length: int | None = None) -> TokenEmbeddings:
+        """Text as backbone token embeddings without special tokens, for adapters that mix text in."""
+        enc = self.tokenizer(
+            list(texts),
+            add_special_tokens=False,
+            padding=True,
+            truncation=True,
+            max_length=max_length or self.spec.max_length,
+            return_tensors="pt",
+        ).to(self.device)
+        embeds = self.backbone.get_input_embeddings()(enc["input_ids"])
+        return TokenEmbeddings(embeds, enc["attention_mask"])
+
+    def _frame(self, tokens: TokenEmbeddings, modality: str, role: Role | None) -> TokenEmbeddings:
+        """Wrap content tokens in the backbone's special tokens, with the plugin's instruction first."""
+        prefix = list(self._prefix_ids) + self._instruction_ids(modality, role)
+        parts = []
+        batch = tokens.embeds.size(0)
+        if prefix:
+            parts.append(self._constant_tokens(prefix, batch))
+        parts.append(tokens)
+        if self._suffix_ids:
+            parts.append(self._constant_tokens(self._suffix_ids, batch))
+        framed = TokenEmbeddings.cat(parts) if len(parts) > 1 else tokens
+        framed.framed = True
+        return framed
+
+    def _instruction_ids(self, modality: str, role: Role | None) -> list[int]:
+        if role is None:
+            return []
+        key = f"{modality}:{role}"
+        if key not in self._instruction_cache:
+            text = getattr(self.plugins[modality].instructions, role)
+            self._instruction_cache[key] = self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+        return self._instruction_cache[key]
+
+    def _constant_tokens(self, ids: list[int], batch: int) -> TokenEmbeddings:
+        id_tensor = torch.tensor(ids, device=self.device).unsqueeze(0).expand(batch, -1)
+        embeds = self.backbone.get_input_embeddings()(id_tensor)
+        return TokenEmbeddings(embeds, torch.ones_like(id_tensor))
+
+    # -- encoding -------------------------------------------------------------------------------------
+    def encode(
+        self,
+        items: Iterable[Any],
+        *,
+        batch_size: int = 32,
+        role: Role | None = None,
+        show_progress: bool | None = None,
+        errors: ErrorPolicy = "warn",
+        return_errors: bool = False,
+    ) -> np.ndarray | tuple[np.ndarray, list[ItemError]]:
+        """Embed items of any mix of modalities; one float32 unit vector per item, in input order.
+
+        A `str` is text, a `Path` a file whose modality is detected, an `Item` says it all. A failed
+        item's row is NaN and its cause is reported: `errors="warn"` warns, `"raise"` raises
+        ItemErrors after embedding the rest (the good rows are on the exception), `"ignore"` is quiet.
+        `return_errors=True` also returns the list of ItemError.
+        """
+        items = [as_item(x) for x in items]
+        out = np.full((len(items), self.dim), np.nan, dtype=np.float32)
+        failures: list[ItemError] = []
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i, item in enumerate(items):
+            try:
+                modality = self.detect(item)
+            except ModalityDetectionError as exc:
+                failures.append(ItemError(i, item, str(exc)))
+                continue
+            if modality not in self.plugins:
+                failures.append(ItemError(i, item, f"modality '{modality}' is not part of this model (it has: {', '.join(self.plugins)})"))
+                continue
+            items[i] = item.with_modality(modality)
+            groups[modality].append(i)
+        progress = _progress(len(items), show_progress)
+        with torch.inference_mode():
+            for modality, indices in groups.items():
+                plugin = self.plugins[modality]
+                # Longest first, like sentence-transformers: similar lengths share a batch, less padding.
+                indices.sort(key=lambda i: -plugin.length_hint(items[i]))
+                for start in range(0, len(indices), batch_size):
+                    chunk = indices[start : start + batch_size]
+                    self._encode_chunk(modality, [items[i] for i in chunk], chunk, role, out, failures)
+                    progress.update(len(chunk))
+        progress.close()
+        failures.sort(key=lambda e: e.index)
+        self._report(failures, errors, out)
+        return (out, failures) if return_errors else out
+
+    def _encode_chunk(self, modality, chunk_items, positions, role, out, failures) -> None:
+        try:
+            prepared = self.prepare(modality, chunk_items, role)
+        except Exception as exc:  # a plugin bug must still cost only this chunk
+            failures.extend(ItemError(p, it, f"preprocessing failed: {exc}") for p, it in zip(positions, chunk_items))
+            return
+        for local, cause in prepared.errors.items():
+            failures.append(ItemError(positions[local], chunk_items[local], cause))
+        if prepared.ok:
+            vectors = self.forward_batch(modality, prepared.batch, role)
+            out[[positions[j] for j in prepared.ok]] = vectors.cpu().numpy()
+
+    @staticmethod
+    def _report(failures: list[ItemError], policy: ErrorPolicy, out: np.ndarray) -> None:
+        if not failures or policy == "ignore":
+            return
+        if policy == "raise":
+            raise ItemErrors(failures, embeddings=out)
+        for failure in failures:
+            warnings.warn(str(failure), stacklevel=3)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _instantiate_plugins(plugins: Mapping[str, dict[str, Any] | None] | Sequence[str] | None) -> dict[str, ModalityPlugin]:
+    if plugins is None:
+        names = {n: None for n, c in modality_classes().items() if not c.missing_requirements()}
+    elif isinstance(plugins, Mapping):
+        names = dict(plugins)
+    else:
+        names = {n: None for n in plugins}
+    if "text" not in names:
+        names = {"text": None, **names}  # the backbone's own modality is always there
+    instances = {name: get_modality(name)(config) for name, config in names.items()}
+    for name, plugin in instances.items():
+        for needed in plugin.uses:
+            if needed not in instances:
+                instances[needed] = get_modality(needed)()
+    return instances
+
+
+def _dependency_order(plugins: Mapping[str, ModalityPlugin]) -> dict[str, ModalityPlugin]:
+    """Plugins sorted so that each comes after the ones it `uses` (their adapters are built first)."""
+    ordered: dict[str, ModalityPlugin] = {}
+
+    def visit(name: str, trail: tuple[str, ...]) -> None:
+        if name in ordered:
+            return
+        if name in trail:
+            raise OmniError(f"plugins use each other in a cycle: {' -> '.join(trail + (name,))}")
+        if name not in plugins:
+            raise OmniError(f"plugin '{trail[-1]}' uses '{name}', which this model lacks")
+        for dep in plugins[name].uses:
+            visit(dep, trail + (name,))
+        ordered[name] = plugins[name]
+
+    for name in sorted(plugins, key=lambda n: (n != "text", n)):
+        visit(name, ())
+    return ordered
+
+
+def _to_device(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, Mapping):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_device(v, device) for v in obj)
+    return obj
+
+
+def _progress(total: int, show: bool | None):
+    from tqdm.auto import tqdm
+
+    if show is None:
+        show = sys.stderr.isatty() and total > 64
+    return tqdm(total=total, desc="encode", unit="item", disable=not show)

@@ -1,0 +1,141 @@
+"""Loads plugins from the `omnisdk` entry-point group (built-in ones too) and answers registry queries."""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, Callable
+
+import pluggy
+
+from omnisdk import hookspecs
+from omnisdk.errors import PluginNotInstalledError, PluginUnavailableError
+from omnisdk.modality import ModalityPlugin
+
+log = logging.getLogger(__name__)
+
+GROUP = "omnisdk"
+#: Comma-separated entry-point names to load; unset loads all. Example: OMNISDK_PLUGINS=text,image
+PLUGINS_ENV = "OMNISDK_PLUGINS"
+#: Where a built-in modality comes from, for error messages when its plugin is absent.
+BUILTIN_EXTRAS = {"text": None, "image": "image", "video": "video", "document": "document", "audio": "audio"}
+
+_pm: pluggy.PluginManager | None = None
+
+
+def get_plugin_manager() -> pluggy.PluginManager:
+    """The process-wide plugin manager, built on first use."""
+    global _pm
+    if _pm is None:
+        _pm = _build()
+    return _pm
+
+
+def reset_plugin_manager() -> None:
+    """Forget loaded plugins so the next call reloads them (tests; after OMNISDK_PLUGINS changes)."""
+    global _pm
+    _pm = None
+
+
+def _build() -> pluggy.PluginManager:
+    pm = pluggy.PluginManager(GROUP)
+    pm.add_hookspecs(hookspecs)
+    from omnisdk import detect, merge_registry
+
+    pm.register(detect, name="omnisdk.detect")
+    pm.register(merge_registry, name="omnisdk.merge_registry")
+    wanted = _wanted_names()
+    for ep in entry_points(group=GROUP):
+        if wanted is not None and ep.name not in wanted:
+            continue
+        if pm.get_plugin(ep.name) is not None:
+            continue  # a distribution installed twice (editable and wheel) lists it twice
+        try:
+            pm.register(ep.load(), name=ep.name)
+        except Exception as exc:  # a broken third-party plugin must not break omnisdk
+            log.warning("omnisdk plugin '%s' (%s) failed to load: %s", ep.name, ep.value, exc)
+    pm.check_pending()  # a misspelled hook name fails loudly here
+    return pm
+
+
+def _wanted_names() -> set[str] | None:
+    raw = os.environ.get(PLUGINS_ENV)
+    if raw is None:
+        return None
+    return {n.strip() for n in raw.split(",") if n.strip()}
+
+
+def register_plugin(obj: Any, name: str | None = None) -> None:
+    """Register an in-process plugin object (a module or class with hookimpls), e.g. in a notebook."""
+    pm = get_plugin_manager()
+    pm.register(obj, name=name)
+    pm.check_pending()
+
+
+def modality_classes() -> dict[str, type[ModalityPlugin]]:
+    """Every registered modality, available or not, by name."""
+    found: dict[str, type[ModalityPlugin]] = {}
+
+    def register(cls: type[ModalityPlugin]) -> None:
+        if not (isinstance(cls, type) and issubclass(cls, ModalityPlugin)):
+            raise TypeError(f"register() takes a ModalityPlugin subclass, got {cls!r}")
+        if cls.name in found and found[cls.name] is not cls:
+            raise ValueError(f"two plugins register the modality '{cls.name}': {found[cls.name]} and {cls}")
+        found[cls.name] = cls
+
+    get_plugin_manager().hook.omnisdk_register_modalities(register=register)
+    return found
+
+
+def get_modality(name: str, *, package: str | None = None, extra: str | None = None) -> type[ModalityPlugin]:
+    """The plugin class for `name`, raising with the pip command when it is absent or unusable."""
+    classes = modality_classes()
+    if name not in classes:
+        hint = extra if extra is not None else BUILTIN_EXTRAS.get(name)
+        raise PluginNotInstalledError(name, hint, package)
+    cls = classes[name]
+    missing = cls.missing_requirements()
+    if missing:
+        raise PluginUnavailableError(name, cls.extra, missing)
+    return cls
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    version: str
+    package: str
+    available: bool
+    missing: list[str]
+    install: str | None
+    description: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def list_plugins() -> list[PluginInfo]:
+    """A row per registered modality: its version, and if unusable, what is missing and how to get it."""
+    rows = []
+    for name, cls in sorted(modality_classes().items()):
+        missing = cls.missing_requirements()
+        install = None
+        if missing:
+            install = f"pip install 'omnisdk[{cls.extra}]'" if cls.extra else f"pip install {cls.package}"
+        rows.append(PluginInfo(name, cls.version, cls.package, not missing, missing, install, cls.description))
+    return rows
+
+
+def merge_methods() -> dict[str, Callable[..., Any]]:
+    """Every registered task-vector merge method, by name."""
+    found: dict[str, Callable[..., Any]] = {}
+
+    def register(name: str, fn: Callable[..., Any]) -> None:
+        if name in found and found[name] is not fn:
+            raise ValueError(f"two plugins register the merge method '{name}'")
+        found[name] = fn
+
+    get_plugin_manager().hook.omnisdk_register_merge_methods(register=register)
+    return found
+

@@ -1,0 +1,88 @@
+"""Text: the backbone's own tokenizer and input embeddings; the one modality every model has."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from torch import nn
+
+from omnisdk.hookspecs import hookimpl
+from omnisdk.items import Item
+from omnisdk.modality import (
+    BuildContext,
+    FusionSpec,
+    Instructions,
+    ModalityPlugin,
+    PluginConfig,
+    Prepared,
+    Runtime,
+    TokenEmbeddings,
+    TrainingDefaults,
+)
+
+MAX_TEXT_FILE_BYTES = 10_000_000
+
+
+class TextConfig(PluginConfig):
+    #: Tokens kept per text, special tokens included; longer texts are cut at the end.
+    #: None means the backbone's max_length.
+    max_length: int | None = None
+
+
+class TextAdapter(nn.Module):
+    """Looks token ids up in the backbone's input embeddings; it has no parameters of its own."""
+
+    def forward(self, batch: dict, runtime: Runtime) -> TokenEmbeddings:
+        embeds = runtime.embed_token_ids(batch["input_ids"])
+        return TokenEmbeddings(embeds, batch["attention_mask"], framed=True)
+
+
+class TextPlugin(ModalityPlugin):
+    name = "text"
+    version = "0.1.0"
+    description = "Plain text and .txt/.md files, through the backbone's tokenizer"
+    extensions = (".txt", ".md")
+    mime_types = ("text/plain", "text/markdown")
+    python_types = ("builtins.str",)
+    Config = TextConfig
+    instructions = Instructions(query="", document="")
+    fusion = FusionSpec(shared=["*"])
+    training = TrainingDefaults(learning_rate=2e-5, steps=200, batch_size=64)
+
+    def preprocess(self, items: Sequence[Item], runtime: Runtime) -> Prepared:
+        texts, ok, errors = [], [], {}
+        for i, item in enumerate(items):
+            try:
+                texts.append(self._text_of(item))
+                ok.append(i)
+            except (OSError, UnicodeDecodeError, ValueError) as exc:
+                errors[i] = f"{type(exc).__name__}: {exc}"
+        if not texts:
+            return Prepared(batch=None, ok=[], errors=errors)
+        enc = runtime.tokenizer(
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=self.config.max_length or runtime.max_length,
+            return_tensors="pt",
+        )
+        return Prepared(batch={"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}, ok=ok, errors=errors)
+
+    def build_adapter(self, ctx: BuildContext) -> nn.Module:
+        return TextAdapter()
+
+    @staticmethod
+    def _text_of(item: Item) -> str:
+        if item.path is not None:
+            path = Path(item.path)
+            if path.stat().st_size > MAX_TEXT_FILE_BYTES:
+                raise ValueError(f"text file is over {MAX_TEXT_FILE_BYTES} bytes")
+            return path.read_text(encoding="utf-8")
+        if item.text is None:
+            raise ValueError("a text item needs text")
+        return item.text
+
+
+@hookimpl
+def omnisdk_register_modalities(register):
+    register(TextPlugin)
