@@ -1,0 +1,180 @@
+"""Images: Pillow decoding (EXIF orientation, any colour mode, a pixel limit) and a timm vision tower.
+
+The vision tower and its projection are *shared*: video frames and rendered PDF pages go through
+the same adapter (`ImageAdapter.encode_pixels`), so fusion merges it like the backbone.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import nn
+
+from omnisdk.hookspecs import hookimpl
+from omnisdk.items import Item
+from omnisdk.modality import (
+    BuildContext,
+    FusionSpec,
+    Instructions,
+    ModalityPlugin,
+    PluginConfig,
+    Prepared,
+    Runtime,
+    TokenEmbeddings,
+    TrainingDefaults,
+    run_per_item,
+)
+
+
+class ImageConfig(PluginConfig):
+    #: timm model name of the vision tower.
+    tower: str = "vit_tiny_patch16_224"
+    #: keyword arguments for timm.create_model (img_size, depth, embed_dim, ...).
+    tower_kwargs: dict[str, Any] = Field(default_factory=dict)
+    #: a local safetensors file of pretrained tower weights (timm's own key names), or None.
+    tower_weights: str | None = None
+    #: side of the square the image is letterboxed into.
+    image_size: int = 224
+    #: spatial tokens are average-pooled to a grid of this side; None keeps them all.
+    token_grid: int | None = None
+    #: images with more pixels are refused before decoding (decompression-bomb guard).
+    max_pixels: int = 64_000_000
+
+
+def load_image(source: Path | Any, max_pixels: int):
+    """An RGB PIL image from a path or a PIL image: EXIF orientation applied, transparency on white."""
+    from PIL import Image, ImageOps
+
+    if isinstance(source, (str, Path)):
+        image = Image.open(source)  # lazy: only the header is read here
+    elif isinstance(source, Image.Image):
+        image = source
+    else:
+        raise TypeError(f"expected an image file or PIL image, got {type(source).__name__}")
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ValueError(
+            f"image is {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,} "
+            "(decompression-bomb guard; raise the image plugin's max_pixels to allow it)"
+        )
+    image = ImageOps.exif_transpose(image)
+    return to_rgb(image)
+
+
+def to_rgb(image):
+    """Convert any Pillow mode to RGB; transparent areas become white rather than black."""
+    from PIL import Image
+
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        span = float(array.max() - array.min()) or 1.0
+        return Image.fromarray(((array - array.min()) / span * 255).astype(np.uint8)).convert("RGB")
+    return image.convert("RGB")
+
+
+def image_to_tensor(image, size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Letterbox an RGB image into a `size` square (nothing cropped) and normalise: [3, size, size]."""
+    from PIL import Image
+
+    width, height = image.size
+    scale = size / max(width, height)
+    resized = image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.BICUBIC)
+    fill = tuple(int(round(m * 255)) for m in mean)
+    canvas = Image.new("RGB", (size, size), fill)
+    canvas.paste(resized, ((size - resized.size[0]) // 2, (size - resized.size[1]) // 2))
+    array = torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    return (array - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+
+
+class ImageAdapter(nn.Module):
+    """timm tower -> optional token pooling -> linear projection to the backbone width."""
+
+    def __init__(self, config: ImageConfig, hidden_size: int):
+        super().__init__()
+        import timm
+
+        kwargs = dict(config.tower_kwargs)
+        kwargs.setdefault("num_classes", 0)
+        if "vit" in config.tower or "deit" in config.tower:
+            kwargs.setdefault("img_size", config.image_size)
+        if config.tower_weights:
+            self.tower = timm.create_model(
+                config.tower, pretrained=True, pretrained_cfg_overlay={"file": config.tower_weights}, **kwargs
+            )
+        else:
+            self.tower = timm.create_model(config.tower, pretrained=False, **kwargs)
+        self.token_grid = config.token_grid
+        self.projector = nn.Sequential(nn.LayerNorm(self.tower.num_features), nn.Linear(self.tower.num_features, hidden_size))
+        cfg = getattr(self.tower, "pretrained_cfg", {}) or {}
+        self.mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
+        self.std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Images [N, 3, S, S] -> tokens [N, T, hidden]; video frames and PDF pages come here too."""
+        features = self.tower.forward_features(pixels)
+        if features.dim() == 4:  # convnets give [N, C, H, W]
+            prefix, grid = features[:, :0], features
+        else:
+            n_prefix = int(getattr(self.tower, "num_prefix_tokens", 0))
+            prefix, patches = features[:, :n_prefix], features[:, n_prefix:]
+            side = int(math.isqrt(patches.size(1)))
+            grid = patches.transpose(1, 2).reshape(patches.size(0), -1, side, side) if side * side == patches.size(1) else None
+            if grid is None:
+                return self.projector(features)
+        if self.token_grid is not None and grid.size(-1) > self.token_grid:
+            grid = nn.functional.adaptive_avg_pool2d(grid, self.token_grid)
+        tokens = torch.cat([prefix, grid.flatten(2).transpose(1, 2)], dim=1)
+        return self.projector(tokens)
+
+    def forward(self, batch: dict, runtime: Runtime) -> TokenEmbeddings:
+        tokens = self.encode_pixels(batch["pixels"])
+        return TokenEmbeddings(tokens, torch.ones(tokens.shape[:2], dtype=torch.long, device=tokens.device))
+
+
+class ImagePlugin(ModalityPlugin):
+    name = "image"
+    version = "0.1.0"
+    description = "PNG, JPEG, GIF, WebP, BMP, TIFF images through a timm vision tower"
+    extra = "image"
+    requires = ("PIL", "timm")
+    extensions = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff")
+    mime_types = ("image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp", "image/tiff")
+    python_types = ("PIL.Image.Image",)
+    Config = ImageConfig
+    instructions = Instructions(query="Find an image that matches: ", document="An image: ")
+    fusion = FusionSpec(shared=["*"])
+    training = TrainingDefaults(learning_rate=1e-4, steps=300, batch_size=32)
+
+    def preprocess(self, items: Sequence[Item], runtime: Runtime) -> Prepared:
+        adapter = runtime.adapter(self.name)
+        size = self.config.image_size
+
+        def load(item: Item) -> torch.Tensor:
+            image = load_image(item.path if item.path is not None else item.data, self.config.max_pixels)
+            return image_to_tensor(image, size, adapter.mean, adapter.std)
+
+        tensors, ok, errors = run_per_item(items, load)
+        batch = {"pixels": torch.stack(tensors)} if tensors else None
+        return Prepared(batch=batch, ok=ok, errors=errors)
+
+    def build_adapter(self, ctx: BuildContext) -> nn.Module:
+        return ImageAdapter(self.config, ctx.hidden_size)
+
+    def length_hint(self, item: Item) -> int:
+        return 0
+
+
+@hookimpl
+def omnisdk_register_modalities(register):
+    register(ImagePlugin)
