@@ -120,8 +120,12 @@ class ImageAdapter(nn.Module):
         self.mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
         self.std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
 
-    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Images [N, 3, S, S] -> tokens [N, T, hidden]; video frames and PDF pages come here too."""
+    def encode_pixels(self, pixels: torch.Tensor, token_grid: int | None = None) -> torch.Tensor:
+        """Images [N, 3, S, S] -> tokens [N, T, hidden]; video frames and PDF pages come here too.
+
+        `token_grid` overrides the configured grid (video pools each frame harder than an image).
+        """
+        token_grid = token_grid or self.token_grid
         features = self.tower.forward_features(pixels)
         if features.dim() == 4:  # convnets give [N, C, H, W]
             prefix, grid = features[:, :0], features
@@ -132,8 +136,8 @@ class ImageAdapter(nn.Module):
             grid = patches.transpose(1, 2).reshape(patches.size(0), -1, side, side) if side * side == patches.size(1) else None
             if grid is None:
                 return self.projector(features)
-        if self.token_grid is not None and grid.size(-1) > self.token_grid:
-            grid = nn.functional.adaptive_avg_pool2d(grid, self.token_grid)
+        if token_grid is not None and grid.size(-1) > token_grid:
+            grid = nn.functional.adaptive_avg_pool2d(grid, token_grid)
         tokens = torch.cat([prefix, grid.flatten(2).transpose(1, 2)], dim=1)
         return self.projector(tokens)
 

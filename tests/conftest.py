@@ -1,0 +1,30 @@
+"""Shared fixtures: tiny random models built offline, and a clean plugin registry per test."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(autouse=True)
+def fresh_plugin_manager():
+    """Each test sees the installed plugins only, whatever an earlier test registered."""
+    from omnisdk.plugin_manager import reset_plugin_manager
+
+    reset_plugin_manager()
+    yield
+    reset_plugin_manager()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_factory():
+    """make(modalities=None, **kw) -> a tiny random OmniModel from the tiny preset."""
+    from omnisdk.presets import build_base
+
+    def make(modalities=None, **kwargs):
+        return build_base("tiny", modalities=modalities, **kwargs)
+
+    return make
