@@ -22,6 +22,7 @@ PLUGINS_ENV = "OMNISDK_PLUGINS"
 BUILTIN_EXTRAS = {"text": None, "image": "image", "video": "video", "document": "document", "audio": "audio"}
 
 _pm: pluggy.PluginManager | None = None
+_load_failures: dict[str, str] = {}
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
@@ -36,6 +37,7 @@ def reset_plugin_manager() -> None:
     """Forget loaded plugins so the next call reloads them (tests; after OMNISDK_PLUGINS changes)."""
     global _pm
     _pm = None
+    _load_failures.clear()
 
 
 def _build() -> pluggy.PluginManager:
@@ -54,7 +56,8 @@ def _build() -> pluggy.PluginManager:
         try:
             pm.register(ep.load(), name=ep.name)
         except Exception as exc:  # a broken third-party plugin must not break omnisdk
-            log.warning("omnisdk plugin '%s' (%s) failed to load: %s", ep.name, ep.value, exc)
+            _load_failures[ep.name] = f"{type(exc).__name__}: {exc}"
+            log.info("omnisdk plugin '%s' (%s) failed to load: %s", ep.name, ep.value, exc)
     pm.check_pending()  # a misspelled hook name fails loudly here
     return pm
 
@@ -64,6 +67,12 @@ def _wanted_names() -> set[str] | None:
     if raw is None:
         return None
     return {n.strip() for n in raw.split(",") if n.strip()}
+
+
+def load_failures() -> dict[str, str]:
+    """Entry points that raised on import, by name, with the cause (shown by `omnisdk plugins`)."""
+    get_plugin_manager()
+    return dict(_load_failures)
 
 
 def register_plugin(obj: Any, name: str | None = None) -> None:

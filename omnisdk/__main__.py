@@ -1,0 +1,5 @@
+import sys
+
+from omnisdk.cli import main
+
+sys.exit(main())

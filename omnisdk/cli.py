@@ -1,0 +1,247 @@
+"""The `omnisdk` command line. Errors print one line and exit non-zero; `--debug` shows tracebacks."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from omnisdk import __version__
+from omnisdk.errors import OmniError
+
+EXIT_ERROR = 2
+EXIT_ITEMS_FAILED = 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="omnisdk", description="Omni-modal embeddings: decouple, fuse, recover.")
+    parser.add_argument("--version", action="version", version=f"omnisdk {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("plugins", help="list modality plugins and what each needs")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("init", help="build a base model offline from a preset")
+    p.add_argument("--preset", default="small", help="tiny (random, for tests) or small (pretrained MiniLM); default small")
+    p.add_argument("--backbone", help="a local Hugging Face checkpoint directory to use as the backbone instead")
+    p.add_argument("--modalities", help="comma-separated modalities (default: every available plugin)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--trust-remote-code", action="store_true", help="allow the backbone's own Python code to run")
+    p.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("embed", help="embed texts and files; an INPUT that is not an existing path is text")
+    p.add_argument("--model", required=True, type=Path, help="checkpoint directory")
+    p.add_argument("inputs", nargs="+", metavar="INPUT")
+    p.add_argument("--out", type=Path, help="write the vectors to a .npy file (failed rows are NaN)")
+    p.add_argument("--json", action="store_true", help="print JSON with the vectors")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--role", choices=["query", "document"], help="prepend the plugins' query or document instruction")
+    p.add_argument("--chunks", action="store_true", help="split files into pages, segments and windows: a row per chunk")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("info", help="describe a checkpoint: backbone, plugins, fingerprint, lineage")
+    p.add_argument("model", type=Path)
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    p.set_defaults(func=cmd_info)
+
+    from omnisdk.plugin_manager import get_plugin_manager
+
+    get_plugin_manager().hook.omnisdk_register_commands(subparsers=sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _quiet_libraries(debug)
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.func(args) or 0)
+    except OmniError as exc:
+        if debug:
+            raise
+        print(f"omnisdk: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("omnisdk: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # anything unplanned: one line, the traceback only with --debug
+        if debug:
+            raise
+        print(f"omnisdk: error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _quiet_libraries(debug: bool) -> None:
+    import os
+    import warnings
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not debug:
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from omnisdk.plugin_manager import list_plugins, load_failures
+
+    rows = list_plugins()
+    broken = load_failures()
+    if args.json:
+        print(json.dumps({"modalities": [r.as_dict() for r in rows], "failed_to_load": broken}, indent=2))
+        return 0
+    print(markdown_table(
+        ["modality", "version", "package", "status", "description"],
+        [[r.name, r.version, r.package, "available" if r.available else f"missing {', '.join(r.missing)}: {r.install}", r.description] for r in rows],
+    ))
+    for name, cause in broken.items():
+        print(f"plugin entry point '{name}' failed to load: {cause}")
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from omnisdk.presets import build_base
+
+    modalities = [m.strip() for m in args.modalities.split(",")] if args.modalities else None
+    model = build_base(
+        args.preset, modalities=modalities, backbone=args.backbone, seed=args.seed, trust_remote_code=args.trust_remote_code
+    )
+    manifest = model.save(args.out)
+    params = sum(p.numel() for p in model.parameters())
+    print(f"wrote {args.out}: {manifest.backbone.model_type} backbone, dim {model.dim}, "
+          f"{params / 1e6:.1f}M parameters, modalities {', '.join(model.plugins)}, fingerprint {manifest.fingerprint[:12]}")
+    return 0
+
+
+def parse_input(raw: str):
+    """An existing path is a file; anything else is text."""
+    from omnisdk.items import Item
+
+    path = Path(raw)
+    try:
+        exists = path.exists()
+    except OSError:  # a long sentence can exceed the OS's path-length limit
+        exists = False
+    return Item.of_file(path) if exists else Item.of_text(raw)
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from omnisdk.model import OmniModel
+
+    model = OmniModel.load(args.model)
+    items = [parse_input(raw) for raw in args.inputs]
+    if args.chunks:
+        items = expand_chunks(model, items)
+    items = [_with_detected_modality(model, item) for item in items]
+    vectors, failures = model.encode(
+        items, batch_size=args.batch_size, role=args.role, show_progress=True, errors="ignore", return_errors=True
+    )
+    failed = {f.index: f.cause for f in failures}
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        np.save(args.out, vectors)
+    rows = []
+    for i, item in enumerate(items):
+        row: dict[str, Any] = {"input": item.label(), "modality": item.modality or "", "locator": item.locator.to_dict() if item.locator else None}
+        if i in failed:
+            row["error"] = failed[i]
+        elif args.json:
+            row["embedding"] = [round(float(x), 7) for x in vectors[i]]
+        rows.append(row)
+    if args.json:
+        print(json.dumps({"model": model.fingerprint, "dim": model.dim, "items": rows}, indent=2))
+    else:
+        _print_embed_table(rows, vectors, failed, args.out)
+    for i, cause in failed.items():
+        print(f"omnisdk: failed: {items[i].label()}: {cause}", file=sys.stderr)
+    return EXIT_ITEMS_FAILED if failed else 0
+
+
+def _with_detected_modality(model, item):
+    from omnisdk.errors import ModalityDetectionError
+
+    try:
+        return item.with_modality(model.detect(item))
+    except ModalityDetectionError:
+        return item  # encode reports it with its cause
+
+
+def expand_chunks(model, items):
+    """Replace each file by its located chunks (PDF pages, video segments, audio windows)."""
+    from omnisdk.errors import ModalityDetectionError
+
+    expanded = []
+    for item in items:
+        try:
+            modality = model.detect(item)
+        except ModalityDetectionError:
+            expanded.append(item)  # encode reports it with its cause
+            continue
+        plugin = model.plugins.get(modality)
+        if plugin is None or item.path is None:
+            expanded.append(item)
+            continue
+        try:
+            expanded.extend(plugin.chunk(item.with_modality(modality)))
+        except Exception as exc:  # an unreadable file is reported by encode, not fatal here
+            logging.getLogger(__name__).debug("cannot chunk %s: %s", item.label(), exc)
+            expanded.append(item)
+    return expanded
+
+
+def _print_embed_table(rows, vectors, failed, out) -> None:
+    table = []
+    for i, row in enumerate(rows):
+        if i in failed:
+            table.append([str(i), row["input"], row["modality"], "failed", failed[i]])
+        else:
+            head = ", ".join(f"{x:+.3f}" for x in vectors[i][:4])
+            table.append([str(i), row["input"], row["modality"], f"[{head}, ...]", ""])
+    print(markdown_table(["#", "input", "modality", "embedding", "error"], table))
+    ok = len(rows) - len(failed)
+    print(f"\n{ok} embedded, {len(failed)} failed, dim {vectors.shape[1]}" + (f"; vectors in {out}" if out else ""))
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from omnisdk.checkpoint import read_manifest
+
+    manifest = read_manifest(args.model)
+    if args.json:
+        print(manifest.model_dump_json(indent=2))
+        return 0
+    cfg = manifest.backbone.config
+    lineage = manifest.lineage
+    print(f"checkpoint   {args.model}")
+    print(f"fingerprint  {manifest.fingerprint}")
+    print(f"backbone     {manifest.backbone.model_type}, hidden {cfg.get('hidden_size')}, layers {cfg.get('num_hidden_layers')}, "
+          f"pooling {manifest.backbone.pooling}, max_length {manifest.backbone.max_length}, from {manifest.backbone.source or 'config'}")
+    print(f"stage        {lineage.stage} (created {lineage.created_at}; parents: {', '.join(p[:12] for p in lineage.parents) or 'none'})")
+    if lineage.method:
+        print(f"method       {lineage.method} {json.dumps(lineage.coefficients)}")
+    print()
+    print(markdown_table(["modality", "version", "package", "config"],
+                         [[p.name, p.version, p.package, json.dumps(p.config, sort_keys=True)[:80]] for p in manifest.plugins]))
+    return 0
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A GitHub Markdown table; pipes inside cells are escaped."""
+    def cell(value: Any) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
