@@ -102,7 +102,10 @@ def get_modality(name: str, *, package: str | None = None, extra: str | None = N
     classes = modality_classes()
     if name not in classes:
         hint = extra if extra is not None else BUILTIN_EXTRAS.get(name)
-        raise PluginNotInstalledError(name, hint, package)
+        error = PluginNotInstalledError(name, hint, package)
+        if name in _load_failures:
+            error.args = (f"{error.args[0]} (its entry point failed to load: {_load_failures[name]})",)
+        raise error
     cls = classes[name]
     missing = cls.missing_requirements()
     if missing:
