@@ -225,6 +225,10 @@ class ModalityPlugin(ABC):
         """A cheap size estimate used to sort a batch and limit padding."""
         return len(item.text or "")
 
+    def length_hints(self, items: Sequence[Item], runtime: Runtime) -> list[int]:
+        """Size estimates for many items at once; override when one batched call is cheaper."""
+        return [self.length_hint(item) for item in items]
+
     def recovery_plan(self, adapter_prefix: str) -> RecoveryPlan | None:
         """Default recovery after fusion: train the owned parameters in full, freeze all else."""
         if not self.fusion.recovery or not self.fusion.owned:

@@ -180,9 +180,11 @@ class OmniModel(nn.Module):
         raise ValueError(f"parameter '{name}' belongs to neither the backbone nor an adapter")
 
     # -- detection and preparation ------------------------------------------------------------------
-    def detect(self, item: Item) -> str:
-        """The modality of an item, asking every plugin's detection hook."""
-        classes = modality_classes()
+    def detect(self, item: Item, classes: Mapping[str, type[ModalityPlugin]] | None = None) -> str:
+        """The modality of an item: the one it states, else what the plugins' detection hooks say."""
+        if item.modality is not None:
+            return item.modality
+        classes = classes if classes is not None else modality_classes()
         found = get_plugin_manager().hook.omnisdk_detect_modality(item=item, modalities=classes)
         if found is None:
             what = f"file type '{item.path.suffix or item.path.name}'" if item.path is not None else f"type {type(item.data).__name__}"
@@ -272,9 +274,10 @@ class OmniModel(nn.Module):
         out = np.full((len(items), self.dim), np.nan, dtype=np.float32)
         failures: list[ItemError] = []
         groups: dict[str, list[int]] = defaultdict(list)
+        classes = modality_classes()
         for i, item in enumerate(items):
             try:
-                modality = self.detect(item)
+                modality = self.detect(item, classes)
             except ModalityDetectionError as exc:
                 failures.append(ItemError(i, item, str(exc)))
                 continue
@@ -286,9 +289,9 @@ class OmniModel(nn.Module):
         progress = _progress(len(items), show_progress)
         with torch.inference_mode():
             for modality, indices in groups.items():
-                plugin = self.plugins[modality]
-                # Longest first, like sentence-transformers: similar lengths share a batch, less padding.
-                indices.sort(key=lambda i: -plugin.length_hint(items[i]))
+                # Longest first: similar lengths share a batch, so there is little padding to compute.
+                hints = self.plugins[modality].length_hints([items[i] for i in indices], self.runtime)
+                indices = [i for _, i in sorted(zip(hints, indices), key=lambda pair: -pair[0])]
                 for start in range(0, len(indices), batch_size):
                     chunk = indices[start : start + batch_size]
                     self._encode_chunk(modality, [items[i] for i in chunk], chunk, role, out, failures)

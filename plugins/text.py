@@ -71,6 +71,15 @@ class TextPlugin(ModalityPlugin):
     def build_adapter(self, ctx: BuildContext) -> nn.Module:
         return TextAdapter()
 
+    def length_hints(self, items: Sequence[Item], runtime: Runtime) -> list[int]:
+        """Token counts from one batched tokenizer call: a tighter sort than characters, so less padding."""
+        texts = [item.text for item in items]
+        if any(t is None for t in texts):  # files are read in preprocess; characters are a fine guess there
+            return [self.length_hint(item) for item in items]
+        encoded = runtime.tokenizer(texts, add_special_tokens=False, truncation=True,
+                                    max_length=self.config.max_length or runtime.max_length)
+        return [len(ids) for ids in encoded["input_ids"]]
+
     @staticmethod
     def _text_of(item: Item) -> str:
         if item.path is not None:

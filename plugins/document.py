@@ -1,0 +1,440 @@
+"""Documents (PDF) through PyMuPDF: each page gives its text layer and a rendered image, both fed to the backbone.
+
+The page image goes through the image plugin's vision tower (`ImageAdapter.encode_pixels`), the text
+layer through the backbone's own token embeddings; the adapter concatenates the two, so it has no
+parameters of its own and fusion treats the document modality as a user of shared weights.
+
+MuPDF parses hostile input in C: it can crash the interpreter or loop forever. Every MuPDF call
+therefore runs in a child process (`IsolatedRunner`) where a crash, a hang (`timeout_s`) or a
+runaway allocation (`max_memory_mb`) costs the one item in flight, never the batch or the caller.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from omnisdk.errors import OmniError
+from omnisdk.hookspecs import hookimpl
+from omnisdk.items import Item, Locator
+from omnisdk.modality import (
+    BuildContext,
+    FusionSpec,
+    Instructions,
+    ModalityPlugin,
+    PluginConfig,
+    Prepared,
+    Runtime,
+    TokenEmbeddings,
+    TrainingDefaults,
+)
+from omnisdk.plugins.image import image_to_tensor
+
+log = logging.getLogger(__name__)
+
+#: The PDF spec lets the "%PDF-" header sit anywhere in the first 1024 bytes.
+_HEADER_WINDOW = 1024
+#: Whole-document text is gathered up to max_text_tokens * this many characters: generous for any
+#: tokenizer (English averages about 4), and it keeps a 1000-page book from being read in full
+#: only to be truncated to a few hundred tokens.
+_CHARS_PER_TOKEN = 8
+#: Sequence room kept free for the backbone's special tokens and the role instruction.
+_FRAME_RESERVE = 16
+
+
+class DocumentConfig(PluginConfig):
+    #: pixels of the rendered page's longer side; the render is then letterboxed to the image tower's
+    #: input size. The pixmap is at most render_size^2 RGB pixels whatever the page's declared size.
+    render_size: int = Field(224, ge=16, le=4096)
+    #: tokens of the text layer kept per item (0: image only); the backbone's max_length also bounds it.
+    max_text_tokens: int = Field(192, ge=0)
+    #: PDFs with more pages are refused, by chunk() and by every item from them (hostile page counts).
+    max_pages: int = Field(2000, ge=1)
+    #: MuPDF rebuilds damaged files (a truncated PDF "opens" with blank, made-up pages); by default
+    #: such a file is refused. True indexes whatever MuPDF recovers, with a logged warning.
+    allow_repaired: bool = False
+    #: run MuPDF in a child process; False runs it in this process (faster to debug, not crash-safe).
+    isolate: bool = True
+    #: seconds one page (or one page count) may take before its child process is killed.
+    timeout_s: float = Field(30.0, gt=0)
+    #: address space the child may grow by, in MiB (Linux); None: no limit.
+    max_memory_mb: int | None = Field(2048, ge=64)
+
+
+class DocumentError(OmniError):
+    """A PDF (or one page of it) cannot be read; `cause` says why without naming the file."""
+
+    def __init__(self, cause: str, where: str | None = None):
+        self.cause = cause
+        self.where = where
+        super().__init__(f"{where}: {cause}" if where else cause)
+
+
+# -- reading: these functions run inside the isolated child ------------------------------------------
+@dataclass
+class PageData:
+    """What the child sends back: picklable and small (raw RGB samples, not a PIL image)."""
+
+    text: str
+    width: int
+    height: int
+    samples: bytes
+    repaired: str | None = None
+
+
+def _open_pdf(source: str | bytes, config: DocumentConfig):
+    import pymupdf
+
+    pymupdf.TOOLS.reset_mupdf_warnings()
+    doc = pymupdf.open(stream=source, filetype="pdf") if isinstance(source, bytes) else pymupdf.open(source, filetype="pdf")
+    if not doc.is_pdf:
+        raise DocumentError("not a PDF: MuPDF reads it as another format")
+    if doc.needs_pass:
+        raise DocumentError("encrypted PDF: a password is required (decrypt it first, e.g. qpdf --decrypt)")
+    if doc.is_repaired and not config.allow_repaired:
+        reason = next(iter(pymupdf.TOOLS.mupdf_warnings().splitlines()), "broken cross-reference table")
+        raise DocumentError(
+            f"damaged PDF (truncated or corrupt: {reason}); MuPDF would rebuild it with missing or blank "
+            "pages. Set the document plugin's allow_repaired = true to index what it recovers"
+        )
+    if doc.page_count > config.max_pages:
+        raise DocumentError(
+            f"the PDF has {doc.page_count} pages, over the limit of {config.max_pages} "
+            "(raise the document plugin's max_pages to read it)"
+        )
+    if doc.page_count == 0:
+        raise DocumentError("the PDF has no pages")
+    return doc
+
+
+def count_pages(source: str | bytes, config: DocumentConfig) -> int:
+    """Pages of a readable PDF; raises DocumentError for one that every page read would refuse."""
+    doc = _open_pdf(source, config)
+    try:
+        return doc.page_count
+    finally:
+        doc.close()
+
+
+def read_page(source: str | bytes, page: int | None, config: DocumentConfig) -> PageData:
+    """Text layer and rendered image of a 1-based page; `page=None`: all pages' text, first page's image."""
+    import pymupdf
+
+    doc = _open_pdf(source, config)
+    try:
+        if page is not None and not 1 <= page <= doc.page_count:
+            raise DocumentError(f"page {page} of a {doc.page_count}-page PDF" + (" (pages count from 1)" if page < 1 else ""))
+        first = doc[(page or 1) - 1]
+        text = _clean(first.get_text()) if page is not None else _document_text(doc, config.max_text_tokens * _CHARS_PER_TOKEN)
+        rect = first.rect
+        if rect.is_empty or rect.is_infinite:
+            raise DocumentError(f"page {page or 1} has no usable size ({rect})")
+        zoom = config.render_size / max(rect.width, rect.height)
+        pix = first.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), colorspace=pymupdf.csRGB, alpha=False)
+        repaired = pymupdf.TOOLS.mupdf_warnings().splitlines()[:1] if doc.is_repaired else None
+        return PageData(text, pix.width, pix.height, bytes(pix.samples), repaired[0] if repaired else None)
+    finally:
+        doc.close()
+
+
+def _clean(text: str) -> str:
+    # Layout whitespace (line breaks inside paragraphs, column gaps) costs tokens and carries nothing.
+    return " ".join(text.split())
+
+
+def _document_text(doc, budget: int) -> str:
+    parts, used = [], 0
+    for page in doc:
+        if used >= budget:
+            break
+        part = _clean(page.get_text())
+        if part:
+            parts.append(part)
+            used += len(part) + 1
+    return "\n".join(parts)[:budget]
+
+
+def failure_cause(exc: BaseException) -> str:
+    """A short, user-facing cause for an exception raised while reading a PDF."""
+    import pymupdf
+
+    if isinstance(exc, DocumentError):
+        return exc.cause
+    if isinstance(exc, pymupdf.EmptyFileError):
+        return "empty file (0 bytes)"
+    if isinstance(exc, FileNotFoundError):
+        return "file not found"
+    if isinstance(exc, pymupdf.FileDataError):
+        return f"not a readable PDF: {exc}"
+    if isinstance(exc, MemoryError):
+        return "MuPDF ran out of memory (over the document plugin's max_memory_mb?)"
+    return f"MuPDF failed: {type(exc).__name__}: {exc}"
+
+
+# -- isolation -----------------------------------------------------------------------------------------
+class IsolatedRunner:
+    """Runs `fn(*args)` jobs one at a time in a child process, so a crash or a hang costs one job.
+
+    The child lives for the runner's `with` block and is restarted after a crash or a timeout. On
+    Linux it is forked: instant, and it never touches torch, only MuPDF. Elsewhere it is spawned
+    (the platform default), which re-imports this module once per runner. `isolate=False` runs the
+    jobs in this process. A failed job raises DocumentError with the cause.
+    """
+
+    def __init__(self, isolate: bool = True, timeout_s: float = 30.0, max_memory_mb: int | None = None):
+        self.isolate = isolate
+        self.timeout_s = timeout_s
+        self.max_memory_mb = max_memory_mb
+        self._proc = None
+        self._conn = None
+
+    def __enter__(self) -> IsolatedRunner:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if not self.isolate:
+            try:
+                return fn(*args)
+            except Exception as exc:  # the cause becomes this item's error
+                raise DocumentError(failure_cause(exc)) from exc
+        if self._proc is None:
+            self._start()
+        self._conn.send((fn, args))
+        if not self._conn.poll(self.timeout_s):
+            self.close()
+            raise DocumentError(f"MuPDF took over {self.timeout_s:g} s and was stopped (hostile file? raise timeout_s)")
+        try:
+            status, value = self._conn.recv()
+        except (EOFError, OSError):
+            code = self._stop()
+            raise DocumentError(f"MuPDF crashed reading it ({_describe_exit(code)})") from None
+        if status == "error":
+            raise DocumentError(value)
+        return value
+
+    def close(self) -> None:
+        if self._proc is not None:
+            try:
+                self._conn.send(None)  # a polite stop lets the child exit by itself
+            except OSError:
+                pass
+            self._stop()
+
+    def _start(self) -> None:
+        import pymupdf  # noqa: F401  (imported once here, so every forked child has it already)
+
+        method = "fork" if sys.platform.startswith("linux") else None
+        ctx = multiprocessing.get_context(method)
+        parent, child = ctx.Pipe(duplex=True)
+        self._proc = ctx.Process(target=_serve, args=(child, parent, self.max_memory_mb), daemon=True, name="omnisdk-mupdf")
+        with warnings.catch_warnings():
+            # Python 3.12+ warns on fork in a threaded process (torch's pools): the child runs
+            # MuPDF and pipe I/O only, never code that could wait on a lock held by those threads.
+            warnings.filterwarnings("ignore", message=".*use of fork\\(\\) may lead to deadlocks.*", category=DeprecationWarning)
+            self._proc.start()
+        child.close()
+        self._conn = parent
+
+    def _stop(self) -> int | None:
+        proc, conn = self._proc, self._conn
+        self._proc = self._conn = None
+        proc.join(timeout=1.0)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+        conn.close()
+        return proc.exitcode
+
+
+def _serve(conn, parent_end, max_memory_mb: int | None) -> None:
+    """The child's loop: receive (fn, args), send ("ok", result) or ("error", cause), until None."""
+    parent_end.close()  # else the child never sees EOF if its parent dies
+    _quiet_mupdf()
+    _limit_memory(max_memory_mb)
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):
+            return
+        if job is None:
+            return
+        fn, args = job
+        try:
+            reply = ("ok", fn(*args))
+        except Exception as exc:  # reported to the parent as this job's cause
+            reply = ("error", failure_cause(exc))
+        conn.send(reply)
+
+
+def _quiet_mupdf() -> None:
+    import pymupdf
+
+    # MuPDF prints repair chatter to stderr; the causes that matter reach the parent in the reply.
+    pymupdf.TOOLS.mupdf_display_errors(False)
+    pymupdf.TOOLS.mupdf_display_warnings(False)
+
+
+def _limit_memory(max_memory_mb: int | None) -> None:
+    if max_memory_mb is None:
+        return
+    try:
+        import resource
+
+        # A forked child starts with its parent's whole address space (torch maps a lot), so the
+        # limit is what it has now plus the allowance.
+        with open("/proc/self/statm") as fh:
+            current = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        limit = current + max_memory_mb * 2**20
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    except (ImportError, OSError, ValueError):
+        pass  # no /proc or no RLIMIT_AS here: the timeout still bounds a runaway file
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+# -- the plugin ------------------------------------------------------------------------------------------
+def pdf_source(item: Item) -> str | bytes:
+    """The path (as str) or bytes MuPDF should open, after cheap checks that need no parser."""
+    if item.path is not None:
+        path = Path(item.path)
+        if not path.exists():
+            raise DocumentError("file not found")
+        if not path.is_file():
+            raise DocumentError("not a file")
+        with open(path, "rb") as fh:
+            head = fh.read(_HEADER_WINDOW)
+        source: str | bytes = str(path)
+    elif isinstance(item.data, (bytes, bytearray)):
+        source = head = bytes(item.data)
+    else:
+        raise DocumentError(f"a document item needs a PDF path or PDF bytes, not {type(item.data).__name__}")
+    if not head:
+        raise DocumentError("empty file (0 bytes)")
+    if b"%PDF-" not in head[:_HEADER_WINDOW]:
+        raise DocumentError(f"not a PDF: no %PDF- header (it starts with {head[:8]!r})")
+    return source
+
+
+def _page_of(item: Item) -> int | None:
+    if item.locator is None:
+        return None
+    if item.locator.page is None:
+        raise DocumentError(f"a document item takes a page locator, not {item.locator}")
+    return item.locator.page
+
+
+class DocumentAdapter(nn.Module):
+    """Page pixels -> the image tower's tokens, then the page's text tokens; no parameters of its own."""
+
+    def __init__(self, max_text_tokens: int):
+        super().__init__()
+        self.max_text_tokens = max_text_tokens
+
+    def forward(self, batch: dict, runtime: Runtime) -> TokenEmbeddings:
+        image = runtime.adapter("image").encode_pixels(batch["pixels"])
+        parts = [TokenEmbeddings(image, torch.ones(image.shape[:2], dtype=torch.long, device=image.device))]
+        # The text gets what the image leaves of the backbone's sequence, so a page never overflows it.
+        room = min(self.max_text_tokens, runtime.max_length - image.size(1) - _FRAME_RESERVE)
+        texts = batch["texts"]
+        if room > 0 and any(texts):  # a scanned page has no text layer: image tokens alone
+            parts.append(runtime.embed_text(texts, max_length=room))
+        return TokenEmbeddings.cat(parts)
+
+
+class DocumentPlugin(ModalityPlugin):
+    """PDF pages: the text layer and the rendered page, both fed to the backbone.
+
+    - An item with `Locator(page=n)` (1-based) is that page. An item without a locator is the whole
+      document as one vector: the text of all its pages, joined and truncated to max_text_tokens,
+      with the image of its first page. `chunk()` gives one located item per page, the way to index.
+    - Per-item errors (in `Prepared.errors`, never raised for the batch): missing, empty or non-PDF
+      file; encrypted ("encrypted PDF: a password is required"); damaged (truncated, corrupt; see
+      allow_repaired); page out of range ("page 5 of a 3-page PDF"); over max_pages; MuPDF crash or
+      timeout.
+    - `chunk()` of a PDF that cannot be read raises DocumentError naming the file and the cause, so
+      an indexer can skip that file and go on.
+    """
+
+    name = "document"
+    version = "0.1.0"
+    description = "PDF pages (text layer and rendered page) through PyMuPDF and the image tower"
+    extra = "document"
+    requires = ("pymupdf", "PIL", "timm")
+    extensions = (".pdf",)
+    mime_types = ("application/pdf",)
+    uses = ("image",)
+    Config = DocumentConfig
+    instructions = Instructions(query="Find a document page that matches: ", document="A document page: ")
+    fusion = FusionSpec(shared=["*"])
+    training = TrainingDefaults(learning_rate=5e-5, steps=300, batch_size=16)
+
+    def preprocess(self, items: Sequence[Item], runtime: Runtime) -> Prepared:
+        from PIL import Image
+
+        adapter = runtime.adapter("image")
+        size = runtime.plugin("image").config.image_size  # the tower's input square
+        texts, pixels, ok, errors = [], [], [], {}
+        with self.runner() as runner:
+            for i, item in enumerate(items):
+                try:
+                    page = runner.run(read_page, pdf_source(item), _page_of(item), self.config)
+                except DocumentError as exc:
+                    errors[i] = exc.cause
+                    continue
+                if page.repaired:
+                    log.warning("%s: damaged PDF read anyway (allow_repaired): %s", item.label(), page.repaired)
+                image = Image.frombytes("RGB", (page.width, page.height), page.samples)
+                pixels.append(image_to_tensor(image, size, adapter.mean, adapter.std))
+                texts.append(page.text)
+                ok.append(i)
+        batch = {"pixels": torch.stack(pixels), "texts": texts} if ok else None
+        return Prepared(batch=batch, ok=ok, errors=errors)
+
+    def build_adapter(self, ctx: BuildContext) -> nn.Module:
+        return DocumentAdapter(self.config.max_text_tokens)
+
+    def runner(self) -> IsolatedRunner:
+        """A context manager that reads PDFs under this plugin's isolation settings."""
+        return IsolatedRunner(self.config.isolate, self.config.timeout_s, self.config.max_memory_mb)
+
+    def chunk(self, item: Item) -> list[Item]:
+        """One item per page, `Locator(page=n)` from 1; a located item is returned as it is."""
+        if item.locator is not None:
+            return [item]
+        try:
+            with self.runner() as runner:
+                count = runner.run(count_pages, pdf_source(item), self.config)
+        except DocumentError as exc:
+            raise DocumentError(exc.cause, where=item.label()) from None
+        return [item.with_locator(Locator(page=n)) for n in range(1, count + 1)]
+
+    def length_hint(self, item: Item) -> int:
+        return 0
+
+
+@hookimpl
+def omnisdk_register_modalities(register):
+    register(DocumentPlugin)
