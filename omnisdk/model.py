@@ -16,7 +16,7 @@ from omnisdk import checkpoint as ckpt
 from omnisdk.backbone import BackboneSpec, Pooling, build_from_spec, load_pretrained, pool, spec_of, special_token_frame
 from omnisdk.errors import ItemError, ItemErrors, ModalityDetectionError, OmniError
 from omnisdk.items import Item, as_item
-from omnisdk.modality import BuildContext, ModalityPlugin, Prepared, Runtime, TokenEmbeddings
+from omnisdk.modality import BuildContext, ModalityPlugin, Prepared, RecoveryPlan, Runtime, TokenEmbeddings
 from omnisdk.plugin_manager import get_modality, get_plugin_manager, modality_classes
 
 log = logging.getLogger(__name__)
@@ -178,6 +178,13 @@ class OmniModel(nn.Module):
             modality, _, relative = name[len("adapters.") :].partition(".")
             return modality, self.plugins[modality].fusion.owner_kind(relative)
         raise ValueError(f"parameter '{name}' belongs to neither the backbone nor an adapter")
+
+    def recovery_plan(self, modality: str) -> RecoveryPlan | None:
+        """What trains when `modality` is repaired after fusion: a hook's answer, else the plugin's default."""
+        plan = get_plugin_manager().hook.omnisdk_recovery_plan(modality=modality, model=self)
+        if plan is not None:
+            return plan
+        return self.plugins[modality].recovery_plan(f"adapters.{modality}.")
 
     # -- detection and preparation ------------------------------------------------------------------
     def detect(self, item: Item, classes: Mapping[str, type[ModalityPlugin]] | None = None) -> str:
