@@ -18,7 +18,7 @@ class Locator:
         if self.page is not None:
             return f"page {self.page}"
         if self.t0 is not None:
-            return f"{self.t0:.2f}-{self.t1:.2f}s"
+            return f"{self.t0:.2f}-{self.t1:.2f}s" if self.t1 is not None else f"from {self.t0:.2f}s"
         return "whole"
 
     def to_dict(self) -> dict[str, Any]:

@@ -136,6 +136,10 @@ class Runtime:
     def tokenizer(self) -> Any:
         return self._model.tokenizer
 
+    def content_budget(self, modality: str) -> int:
+        """Tokens an adapter may return: max_length less the special tokens and the longest instruction."""
+        return self._model.content_budget(modality)
+
     def embed_text(self, texts: Sequence[str], max_length: int | None = None) -> TokenEmbeddings:
         """Tokenize and embed texts with the backbone's own tokenizer and input embeddings."""
         return self._model.embed_text_tokens(texts, max_length=max_length)

@@ -245,6 +245,11 @@ class OmniModel(nn.Module):
         framed.framed = True
         return framed
 
+    def content_budget(self, modality: str) -> int:
+        """How many content tokens fit once framing and the longest instruction are added."""
+        longest = max(len(self._instruction_ids(modality, role)) for role in ("query", "document"))
+        return self.spec.max_length - len(self._prefix_ids) - len(self._suffix_ids) - longest
+
     def _instruction_ids(self, modality: str, role: Role | None) -> list[int]:
         if role is None:
             return []
@@ -376,8 +381,11 @@ def _to_device(obj: Any, device: torch.device) -> Any:
         return obj.to(device, non_blocking=True)
     if isinstance(obj, Mapping):
         return {k: _to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_device(v, device) for v in obj)
+    if isinstance(obj, list):
+        return [_to_device(v, device) for v in obj]
+    if isinstance(obj, tuple):
+        moved = [_to_device(v, device) for v in obj]
+        return type(obj)(*moved) if hasattr(obj, "_fields") else tuple(moved)
     return obj
 
 

@@ -48,6 +48,10 @@ from omnisdk.modality import (
 SILENCE_PEAK = 1e-5
 #: A last chunk shorter than this is dropped: too short to say anything, and it would be mostly padding.
 MIN_TAIL_SECONDS = 0.1
+#: Shorter clips get trailing silence up to this length: STFT and convolutional front ends need a
+#: minimum input (25 ms for the log-mel window, 400 samples for wav2vec2), and one short clip must
+#: not fail its whole batch inside `featurize`.
+MIN_CLIP_SECONDS = 0.1
 #: Slack for float arithmetic when checking that a located span fits in one window.
 SPAN_TOLERANCE = 1e-3
 DECODE_ERRORS = (OSError, RuntimeError, ValueError, TypeError)
@@ -94,7 +98,8 @@ class Waveform:
 
     @property
     def frames(self) -> int:
-        return int(np.shape(self.samples)[0]) if np.ndim(self.samples) else 0
+        shape = tuple(getattr(self.samples, "shape", None) or np.shape(self.samples))
+        return int(shape[0]) if shape else 0
 
 
 class AudioPlugin(ModalityPlugin):
@@ -218,7 +223,8 @@ class AudioPlugin(ModalityPlugin):
         if item.path is not None:
             frames, rate = _file_info(Path(item.path))
         else:
-            frames, rate = _waveform_of(item.data).frames, _waveform_of(item.data).sample_rate
+            wave = _waveform_of(item.data)
+            frames, rate = wave.frames, wave.sample_rate
         return frames / rate
 
     def load(self, item: Item, rate: int, window: float) -> torch.Tensor:
@@ -346,7 +352,8 @@ def _finish(samples: np.ndarray, source_rate: int, rate: int) -> torch.Tensor:
     wave = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
     if source_rate != rate:
         wave = torchaudio.functional.resample(wave, source_rate, rate)
-    return wave
+    shortfall = math.ceil(MIN_CLIP_SECONDS * rate) - wave.numel()
+    return nn.functional.pad(wave, (0, shortfall)) if shortfall > 0 else wave
 
 
 @hookimpl

@@ -10,6 +10,7 @@ runaway allocation (`max_memory_mb`) costs the one item in flight, never the bat
 """
 from __future__ import annotations
 
+import faulthandler
 import logging
 import multiprocessing
 import os
@@ -48,8 +49,6 @@ _HEADER_WINDOW = 1024
 #: tokenizer (English averages about 4), and it keeps a 1000-page book from being read in full
 #: only to be truncated to a few hundred tokens.
 _CHARS_PER_TOKEN = 8
-#: Sequence room kept free for the backbone's special tokens and the role instruction.
-_FRAME_RESERVE = 16
 
 
 class DocumentConfig(PluginConfig):
@@ -58,6 +57,8 @@ class DocumentConfig(PluginConfig):
     render_size: int = Field(224, ge=16, le=4096)
     #: tokens of the text layer kept per item (0: image only); the backbone's max_length also bounds it.
     max_text_tokens: int = Field(192, ge=0)
+    #: the page's patch tokens are pooled to a grid of this side; None: the image plugin's token_grid.
+    token_grid: int | None = Field(None, ge=1)
     #: PDFs with more pages are refused, by chunk() and by every item from them (hostile page counts).
     max_pages: int = Field(2000, ge=1)
     #: MuPDF rebuilds damaged files (a truncated PDF "opens" with blank, made-up pages); by default
@@ -96,16 +97,19 @@ def _open_pdf(source: str | bytes, config: DocumentConfig):
     import pymupdf
 
     pymupdf.TOOLS.reset_mupdf_warnings()
-    doc = pymupdf.open(stream=source, filetype="pdf") if isinstance(source, bytes) else pymupdf.open(source, filetype="pdf")
+    if isinstance(source, bytes):
+        doc = pymupdf.open(stream=source, filetype="pdf")
+    else:
+        doc = pymupdf.open(source, filetype="pdf")
     if not doc.is_pdf:
         raise DocumentError("not a PDF: MuPDF reads it as another format")
     if doc.needs_pass:
         raise DocumentError("encrypted PDF: a password is required (decrypt it first, e.g. qpdf --decrypt)")
     if doc.is_repaired and not config.allow_repaired:
-        reason = next(iter(pymupdf.TOOLS.mupdf_warnings().splitlines()), "broken cross-reference table")
         raise DocumentError(
-            f"damaged PDF (truncated or corrupt: {reason}); MuPDF would rebuild it with missing or blank "
-            "pages. Set the document plugin's allow_repaired = true to index what it recovers"
+            f"damaged PDF (truncated or corrupt: {_mupdf_reason('broken cross-reference table')}); MuPDF would "
+            "rebuild it with missing or blank pages. Set the document plugin's allow_repaired = true to index "
+            "what it recovers"
         )
     if doc.page_count > config.max_pages:
         raise DocumentError(
@@ -133,18 +137,30 @@ def read_page(source: str | bytes, page: int | None, config: DocumentConfig) -> 
     doc = _open_pdf(source, config)
     try:
         if page is not None and not 1 <= page <= doc.page_count:
-            raise DocumentError(f"page {page} of a {doc.page_count}-page PDF" + (" (pages count from 1)" if page < 1 else ""))
-        first = doc[(page or 1) - 1]
-        text = _clean(first.get_text()) if page is not None else _document_text(doc, config.max_text_tokens * _CHARS_PER_TOKEN)
-        rect = first.rect
+            hint = " (pages count from 1)" if page < 1 else ""
+            raise DocumentError(f"page {page} of a {doc.page_count}-page PDF{hint}")
+        shown = doc[(page or 1) - 1]
+        if page is not None:
+            text = _clean(shown.get_text())
+        else:
+            text = _document_text(doc, config.max_text_tokens * _CHARS_PER_TOKEN)
+        rect = shown.rect
         if rect.is_empty or rect.is_infinite:
             raise DocumentError(f"page {page or 1} has no usable size ({rect})")
+        # Fit the longer side to render_size: the pixmap stays small whatever size the page declares.
         zoom = config.render_size / max(rect.width, rect.height)
-        pix = first.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), colorspace=pymupdf.csRGB, alpha=False)
-        repaired = pymupdf.TOOLS.mupdf_warnings().splitlines()[:1] if doc.is_repaired else None
-        return PageData(text, pix.width, pix.height, bytes(pix.samples), repaired[0] if repaired else None)
+        pix = shown.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), colorspace=pymupdf.csRGB, alpha=False)
+        repaired = _mupdf_reason("repaired") if doc.is_repaired else None
+        return PageData(text, pix.width, pix.height, bytes(pix.samples), repaired)
     finally:
         doc.close()
+
+
+def _mupdf_reason(default: str) -> str:
+    import pymupdf
+
+    lines = pymupdf.TOOLS.mupdf_warnings().splitlines()
+    return "; ".join(lines[:2]) or default
 
 
 def _clean(text: str) -> str:
@@ -175,7 +191,8 @@ def failure_cause(exc: BaseException) -> str:
     if isinstance(exc, FileNotFoundError):
         return "file not found"
     if isinstance(exc, pymupdf.FileDataError):
-        return f"not a readable PDF: {exc}"
+        # pymupdf's own message only repeats the file name; MuPDF's warnings say what was wrong.
+        return f"not a readable PDF: MuPDF cannot parse it ({_mupdf_reason('corrupt or truncated')})"
     if isinstance(exc, MemoryError):
         return "MuPDF ran out of memory (over the document plugin's max_memory_mb?)"
     return f"MuPDF failed: {type(exc).__name__}: {exc}"
@@ -214,8 +231,10 @@ class IsolatedRunner:
             self._start()
         self._conn.send((fn, args))
         if not self._conn.poll(self.timeout_s):
-            self.close()
-            raise DocumentError(f"MuPDF took over {self.timeout_s:g} s and was stopped (hostile file? raise timeout_s)")
+            self._stop(kill=True)
+            raise DocumentError(
+                f"MuPDF took over {self.timeout_s:g} s and was stopped (a hostile file? else raise timeout_s)"
+            )
         try:
             status, value = self._conn.recv()
         except (EOFError, OSError):
@@ -239,19 +258,20 @@ class IsolatedRunner:
         method = "fork" if sys.platform.startswith("linux") else None
         ctx = multiprocessing.get_context(method)
         parent, child = ctx.Pipe(duplex=True)
-        self._proc = ctx.Process(target=_serve, args=(child, parent, self.max_memory_mb), daemon=True, name="omnisdk-mupdf")
+        self._proc = ctx.Process(target=_serve, args=(child, parent, self.max_memory_mb), daemon=True)
         with warnings.catch_warnings():
             # Python 3.12+ warns on fork in a threaded process (torch's pools): the child runs
             # MuPDF and pipe I/O only, never code that could wait on a lock held by those threads.
-            warnings.filterwarnings("ignore", message=".*use of fork\\(\\) may lead to deadlocks.*", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", message=".*fork\\(\\) may lead to deadlocks", category=DeprecationWarning)
             self._proc.start()
         child.close()
         self._conn = parent
 
-    def _stop(self) -> int | None:
+    def _stop(self, kill: bool = False) -> int | None:
         proc, conn = self._proc, self._conn
         self._proc = self._conn = None
-        proc.join(timeout=1.0)
+        if not kill:
+            proc.join(timeout=1.0)
         if proc.is_alive():
             proc.kill()
             proc.join()
@@ -262,6 +282,11 @@ class IsolatedRunner:
 def _serve(conn, parent_end, max_memory_mb: int | None) -> None:
     """The child's loop: receive (fn, args), send ("ok", result) or ("error", cause), until None."""
     parent_end.close()  # else the child never sees EOF if its parent dies
+    # A MuPDF crash here is expected and reported by the parent; an inherited faulthandler
+    # (pytest enables one) would only dump this child's Python stack to the shared stderr.
+    faulthandler.disable()
+    # Ctrl-C is the parent's to handle: it closes the pipe, and the child ends on EOF.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _quiet_mupdf()
     _limit_memory(max_memory_mb)
     while True:
@@ -349,15 +374,27 @@ def _page_of(item: Item) -> int | None:
 class DocumentAdapter(nn.Module):
     """Page pixels -> the image tower's tokens, then the page's text tokens; no parameters of its own."""
 
-    def __init__(self, max_text_tokens: int):
+    def __init__(self, max_text_tokens: int, frame_tokens: int, token_grid: int | None = None):
         super().__init__()
         self.max_text_tokens = max_text_tokens
+        #: tokens the model adds around the content: special tokens plus the longer instruction.
+        self.frame_tokens = frame_tokens
+        self.token_grid = token_grid
+        self._warned = False
 
     def forward(self, batch: dict, runtime: Runtime) -> TokenEmbeddings:
-        image = runtime.adapter("image").encode_pixels(batch["pixels"])
+        image = runtime.adapter("image").encode_pixels(batch["pixels"], token_grid=self.token_grid)
         parts = [TokenEmbeddings(image, torch.ones(image.shape[:2], dtype=torch.long, device=image.device))]
         # The text gets what the image leaves of the backbone's sequence, so a page never overflows it.
-        room = min(self.max_text_tokens, runtime.max_length - image.size(1) - _FRAME_RESERVE)
+        room = runtime.max_length - image.size(1) - self.frame_tokens
+        if room < self.max_text_tokens and not self._warned:
+            self._warned = True
+            log.warning(
+                "document pages keep %d text tokens, not max_text_tokens=%d: %d image tokens fill the backbone's "
+                "max_length of %d (lower the document or image token_grid, or raise max_length)",
+                max(room, 0), self.max_text_tokens, image.size(1), runtime.max_length,
+            )
+        room = min(room, self.max_text_tokens)
         texts = batch["texts"]
         if room > 0 and any(texts):  # a scanned page has no text layer: image tokens alone
             parts.append(runtime.embed_text(texts, max_length=room))
@@ -414,7 +451,11 @@ class DocumentPlugin(ModalityPlugin):
         return Prepared(batch=batch, ok=ok, errors=errors)
 
     def build_adapter(self, ctx: BuildContext) -> nn.Module:
-        return DocumentAdapter(self.config.max_text_tokens)
+        tokenizer = ctx.tokenizer
+        roles = (self.instructions.query, self.instructions.document)
+        longest = max(len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in roles)
+        frame = tokenizer.num_special_tokens_to_add() + longest
+        return DocumentAdapter(self.config.max_text_tokens, frame, self.config.token_grid)
 
     def runner(self) -> IsolatedRunner:
         """A context manager that reads PDFs under this plugin's isolation settings."""

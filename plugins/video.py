@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from pydantic import Field
 from torch import nn
@@ -123,8 +124,6 @@ def decode_decord(path: Path, locator: Locator | None, num_frames: int, max_pixe
 
     if decord is None:
         raise RuntimeError("decord is not installed")
-    import numpy as np
-
     reader = decord.VideoReader(str(path))
     count = len(reader)
     stamps = np.asarray(reader.get_frame_timestamp(np.arange(count)), dtype=np.float64).reshape(count, 2)
@@ -261,7 +260,8 @@ def probe_video(path: Path) -> VideoInfo:
         raise VideoError("neither decord nor PyAV is installed: pip install 'omnisdk[video]'")
     try:
         reader = decord.VideoReader(str(path))
-        return VideoInfo(float(reader.get_frame_timestamp(len(reader) - 1)[1]))
+        start, end = (float(t) for t in reader.get_frame_timestamp(len(reader) - 1))
+        return VideoInfo(max(end, start + 1.0 / (reader.get_avg_fps() or 25.0)))
     except _DECORD_ERRORS as exc:
         raise VideoError(f"cannot read video '{path.name}': {_cause(exc)}") from exc
 

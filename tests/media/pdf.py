@@ -55,31 +55,34 @@ def _draw_page(doc: pymupdf.Document, spec: PageSpec, size: tuple[float, float])
         left = page.insert_textbox(box, spec.body, fontsize=11)
         assert left >= 0, "test paragraph does not fit its box"
     if spec.image_rgb is not None:
-        page.insert_image(pymupdf.Rect(margin, size[1] / 2, size[0] / 2, size[1] / 2 + size[0] / 3), stream=png_bytes(spec.image_rgb))
+        where = pymupdf.Rect(margin, size[1] / 2, size[0] / 2, size[1] / 2 + size[0] / 3)
+        page.insert_image(where, stream=png_bytes(spec.image_rgb))
     if spec.shape:
-        page.draw_rect(pymupdf.Rect(margin, margin, size[0] - margin, size[1] / 3), color=(0, 0, 0), fill=(0.1, 0.3, 0.8))
+        band = pymupdf.Rect(margin, margin, size[0] - margin, size[1] / 3)
+        page.draw_rect(band, color=(0, 0, 0), fill=(0.1, 0.3, 0.8))
         page.draw_circle((size[0] / 2, 2 * size[1] / 3), size[0] / 5, color=(0, 0, 0), fill=(0.9, 0.7, 0.1))
 
 
-def write_pdf(path: str | Path, pages: tuple[PageSpec, ...] | list[PageSpec] = SAMPLE_PAGES, size: tuple[float, float] = A4) -> Path:
-    """Write a PDF with one page per spec (default: SAMPLE_PAGES) and return its path."""
-    path = Path(path)
+def _document(pages, size) -> pymupdf.Document:
     doc = pymupdf.open()
     for spec in pages:
         _draw_page(doc, spec, size)
-    doc.save(path, garbage=3, deflate=True)
-    doc.close()
+    return doc
+
+
+def write_pdf(path: str | Path, pages: tuple[PageSpec, ...] | list[PageSpec] = SAMPLE_PAGES, size=A4) -> Path:
+    """Write a PDF with one page per spec (default: SAMPLE_PAGES) and return its path."""
+    path = Path(path)
+    with _document(pages, size) as doc:
+        doc.save(path, garbage=3, deflate=True)
     return path
 
 
 def write_encrypted_pdf(path: str | Path, user_pw: str = "secret", pages=SAMPLE_PAGES) -> Path:
     """A PDF that needs a user password to read (AES-256)."""
     path = Path(path)
-    doc = pymupdf.open()
-    for spec in pages:
-        _draw_page(doc, spec, A4)
-    doc.save(path, encryption=pymupdf.PDF_ENCRYPT_AES_256, user_pw=user_pw, owner_pw=user_pw + "-owner")
-    doc.close()
+    with _document(pages, A4) as doc:
+        doc.save(path, encryption=pymupdf.PDF_ENCRYPT_AES_256, user_pw=user_pw, owner_pw=user_pw + "-owner")
     return path
 
 

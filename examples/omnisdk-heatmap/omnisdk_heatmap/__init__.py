@@ -219,7 +219,7 @@ class HeatmapPlugin(ModalityPlugin):
     # Owned, not shared: no other plugin calls this adapter, so the other specialists leave it at its
     # base values and merging could only shrink or sparsify the heatmap specialist's update. Fusion
     # copies it whole from the heatmap specialist instead; it was fitted to that specialist's backbone,
-    # not the fused one, so recovery re-fits it (a few thousand parameters: cheap to train in full).
+    # not the fused one, so recovery re-fits it (tens of thousands of parameters: cheap to train in full).
     fusion = FusionSpec(shared=[], owned=["*"], recovery=True)
     # The adapter starts from random weights: it needs a higher rate than a pretrained backbone.
     training = TrainingDefaults(learning_rate=3e-4, steps=400, batch_size=64)
@@ -254,9 +254,9 @@ class HeatmapPlugin(ModalityPlugin):
             rows = len(self.read(item))
         except (OSError, ValueError, csv.Error):
             return [item]  # preprocess reports the cause against this item
-        rate = self.config.sample_rate
         if rows <= size:
             return [item]
+        rate = self.config.sample_rate
         return [item.with_locator(Locator(t0=s / rate, t1=min(s + size, rows) / rate)) for s in range(0, rows, size)]
 
     def describe_locator(self, locator: Locator | None) -> str:
