@@ -349,10 +349,12 @@ def _instantiate_plugins(plugins: Mapping[str, dict[str, Any] | None] | Sequence
     if "text" not in names:
         names = {"text": None, **names}  # the backbone's own modality is always there
     instances = {name: get_modality(name)(config) for name, config in names.items()}
-    for name, plugin in instances.items():
-        for needed in plugin.uses:
+    pending = list(instances.values())
+    while pending:  # add what the chosen plugins use, and what those use in turn, with default settings
+        for needed in pending.pop().uses:
             if needed not in instances:
                 instances[needed] = get_modality(needed)()
+                pending.append(instances[needed])
     return instances
 
 

@@ -44,7 +44,7 @@ def build_base(
 ):
     """A base OmniModel from a preset; `backbone` replaces the preset's with any local HF checkpoint."""
     from omnisdk.model import OmniModel
-    from omnisdk.plugin_manager import modality_classes
+    from omnisdk.plugin_manager import get_modality, modality_classes
 
     settings = read_preset(preset)
     spec = settings["backbone"]
@@ -57,6 +57,12 @@ def build_base(
         chosen.update({n: {} for n in available if n not in chosen})  # third-party plugins: their defaults
     else:
         chosen = {n: plugin_configs.get(n, {}) for n in modalities}
+        pending = list(chosen)
+        while pending:  # plugins that others use (video and documents use image) get the preset's settings too
+            for needed in get_modality(pending.pop()).uses:
+                if needed not in chosen:
+                    chosen[needed] = plugin_configs.get(needed, {})
+                    pending.append(needed)
     common = dict(pooling=spec.get("pooling", "mean"), max_length=spec.get("max_length", 256), seed=seed)
     if backbone is not None:
         return OmniModel.create(backbone, plugins=chosen, trust_remote_code=trust_remote_code, **common)

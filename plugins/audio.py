@@ -129,7 +129,7 @@ class AudioPlugin(ModalityPlugin):
         return Prepared(batch={"inputs": inputs, "lengths": lengths}, ok=ok, errors=errors)
 
     def build_adapter(self, ctx: BuildContext) -> nn.Module:
-        from omnisdk.plugins.audio_encoder import AudioAdapter, BuiltinAudioEncoder, reserved_tokens
+        from omnisdk.plugins.audio_encoder import AudioAdapter, BuiltinAudioEncoder
 
         cfg = self.config
         if cfg.encoder == "hf":
@@ -141,7 +141,6 @@ class AudioPlugin(ModalityPlugin):
             ctx.hidden_size,
             window_samples=round(self.window_seconds * self.sample_rate),
             token_pool=cfg.token_pool,
-            reserved_tokens=reserved_tokens(ctx.tokenizer, self.instructions),
         )
 
     # -- optional behaviour ------------------------------------------------------------------------

@@ -251,7 +251,6 @@ class AudioAdapter(nn.Module):
         *,
         window_samples: int,
         token_pool: int,
-        reserved_tokens: int,
     ):
         super().__init__()
         self.encoder = encoder
@@ -259,30 +258,19 @@ class AudioAdapter(nn.Module):
         self.projector = nn.Sequential(nn.Linear(dim, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size))
         self.window_tokens = encoder.output_length(window_samples)
         self.token_pool = token_pool
-        self.reserved_tokens = reserved_tokens
 
-    def pool_factor(self, max_length: int) -> int:
+    def pool_factor(self, budget: int) -> int:
         """Frames per token: at least `token_pool`, more when a full window would overflow the backbone."""
-        budget = max_length - self.reserved_tokens
         if budget < 1:
-            raise ValueError(f"the backbone's max_length {max_length} leaves no room for audio tokens")
+            raise ValueError(f"the backbone's max_length leaves no room for audio tokens (budget {budget})")
         return max(self.token_pool, math.ceil(self.window_tokens / budget))
 
     def forward(self, batch: dict[str, Any], runtime: Runtime) -> TokenEmbeddings:
         frames, lengths = self.encoder(batch["inputs"], batch["lengths"])
-        tokens, lengths = pool_frames(frames, lengths.to(frames.device), self.pool_factor(runtime.max_length))
+        budget = runtime.content_budget("audio")
+        tokens, lengths = pool_frames(frames, lengths.to(frames.device), self.pool_factor(budget))
         # A last guard for encoders whose frame rate we could only estimate: never exceed the budget.
-        budget = runtime.max_length - self.reserved_tokens
         tokens, lengths = tokens[:, :budget], lengths.clamp(max=budget)
         embeds = self.projector(tokens)
         return TokenEmbeddings(embeds, lengths_mask(lengths, embeds.size(1)))
 
-
-def reserved_tokens(tokenizer: Any, instructions: Instructions) -> int:
-    """Tokens the model adds around audio tokens: special tokens plus the longer instruction."""
-    special = int(tokenizer.num_special_tokens_to_add(pair=False)) if tokenizer is not None else 2
-    longest = 0
-    for text in (instructions.query, instructions.document):
-        if text and tokenizer is not None:
-            longest = max(longest, len(tokenizer(text, add_special_tokens=False)["input_ids"]))
-    return special + longest

@@ -52,13 +52,13 @@ def heatmap_site(tmp_path_factory) -> Path:
     return site
 
 
-def run_python(code: str, *args: str, path: Path | None = None, env: dict[str, str] | None = None) -> Any:
+def run_python(code: str, *args: str, path: Path | None = None, env: dict | None = None, cwd: Path | None = None) -> Any:
     """Run `code` in a fresh interpreter of this environment; it prints one JSON value last."""
     full_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "OMNISDK_PLUGINS")}
     full_env.update(HF_HUB_OFFLINE="1", **(env or {}))
     if path is not None:
         full_env["PYTHONPATH"] = str(path)
-    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=full_env, timeout=300)
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -155,12 +155,11 @@ print(json.dumps([
 """
 
 
-def test_tutorial_commands_work_with_the_installed_package(heatmap_site, tmp_path, monkeypatch):
+def test_tutorial_commands_work_with_the_installed_package(heatmap_site, tmp_path):
     """`omnisdk plugins`, `init --preset tiny` and `embed` as docs/writing-plugins.md runs them (one interpreter)."""
     pytest.importorskip("omnisdk.cli")
     write_csv(tmp_path / "data.csv", np.arange(60).reshape(10, 6), header="t,a,b,c,d,e")
-    monkeypatch.chdir(tmp_path)
-    (code, table), (code_init, _), (code_embed, embedded) = run_python(TUTORIAL_COMMANDS, path=heatmap_site)
+    (code, table), (code_init, _), (code_embed, embedded) = run_python(TUTORIAL_COMMANDS, path=heatmap_site, cwd=tmp_path)
     assert code == code_init == code_embed == 0
     assert re.search(r"\| heatmap \| 0\.1\.0 \| omnisdk-heatmap \| available \|", table)
     [row] = json.loads(embedded)["items"]
