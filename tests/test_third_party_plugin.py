@@ -48,7 +48,8 @@ def heatmap_site(tmp_path_factory) -> Path:
     pip = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "--quiet"]
     result = subprocess.run([*pip, "--target", str(site), str(source)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert (site / "omnisdk_heatmap-0.1.0.dist-info" / "entry_points.txt").read_text().split() == ["[omnisdk]", "heatmap", "=", "omnisdk_heatmap"]
+    entry_points = (site / "omnisdk_heatmap-0.1.0.dist-info" / "entry_points.txt").read_text()
+    assert entry_points.split() == ["[omnisdk]", "heatmap", "=", "omnisdk_heatmap"]
     return site
 
 
@@ -58,7 +59,8 @@ def run_python(code: str, *args: str, path: Path | None = None, env: dict | None
     full_env.update(HF_HUB_OFFLINE="1", **(env or {}))
     if path is not None:
         full_env["PYTHONPATH"] = str(path)
-    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=300)
+    command = [sys.executable, "-c", code, *args]
+    result = subprocess.run(command, capture_output=True, text=True, env=full_env, cwd=cwd, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -120,7 +122,8 @@ def test_installed_package_embeds_saves_and_is_named_when_missing(heatmap_site, 
     (tmp_path / "ragged.csv").write_text("1,2,3\n4,5\n")
     # The entry point is found through PYTHONPATH alone. OMNISDK_PLUGINS selects it like a built-in
     # and keeps any other plugin that takes numpy arrays from competing for the bare array.
-    out = run_python(EMBED_WITH_THE_INSTALLED_PLUGIN, str(tmp_path), path=heatmap_site, env={"OMNISDK_PLUGINS": "text,heatmap"})
+    only = {"OMNISDK_PLUGINS": "text,heatmap"}
+    out = run_python(EMBED_WITH_THE_INSTALLED_PLUGIN, str(tmp_path), path=heatmap_site, env=only)
     heatmap = out["plugins"]["heatmap"]
     assert heatmap["available"] and heatmap["package"] == "omnisdk-heatmap" and heatmap["version"] == "0.1.0"
     assert out["modalities"] == ["text", "heatmap"] and out["shape"] == [6, 32]
