@@ -151,7 +151,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
         np.save(args.out, vectors)
     rows = []
     for i, item in enumerate(items):
-        row: dict[str, Any] = {"input": item.label(), "modality": item.modality or "", "locator": item.locator.to_dict() if item.locator else None}
+        plugin = model.plugins.get(item.modality or "")
+        label = item.label() if item.locator is None or plugin is None else f"{item.path} [{plugin.describe_locator(item.locator)}]"
+        row: dict[str, Any] = {"input": label, "modality": item.modality or "", "locator": item.locator.to_dict() if item.locator else None}
         if i in failed:
             row["error"] = failed[i]
         elif args.json:

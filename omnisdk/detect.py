@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
+from omnisdk.errors import ModalityDetectionError
 from omnisdk.hookspecs import hookimpl
 from omnisdk.items import Item
 from omnisdk.modality import ModalityPlugin
@@ -42,16 +43,32 @@ def omnisdk_detect_modality(item: Item, modalities: Mapping[str, type[ModalityPl
     if item.modality is not None:
         return item.modality
     if item.path is not None:
-        for suffix in (item.path.suffix.lower(), sniff_extension(item.path)):
-            for name, cls in modalities.items():
-                if suffix and suffix in cls.extensions:
-                    return name
+        for suffix in dict.fromkeys((item.path.suffix.lower(), sniff_extension(item.path))):
+            claims = [name for name, cls in modalities.items() if suffix and suffix in cls.extensions]
+            if claims:
+                return _only(claims, f"file type '{suffix}'")
         return None
     if item.data is not None:
-        for name, cls in modalities.items():
-            if cls.accepts_object(item.data):
-                return name
-        return None
+        return _closest_type_match(item.data, modalities)
     if item.text is not None:
         return "text"
     return None
+
+
+def _closest_type_match(obj: object, modalities: Mapping[str, type[ModalityPlugin]]) -> str | None:
+    """The plugin naming the most specific class in the object's MRO; a tie is ambiguous."""
+    for cls in type(obj).__mro__:
+        dotted = f"{cls.__module__}.{cls.__qualname__}"
+        claims = [name for name, plugin in modalities.items() if dotted in plugin.python_types]
+        if claims:
+            return _only(claims, f"Python type {dotted}")
+    return None
+
+
+def _only(claims: list[str], what: str) -> str:
+    if len(claims) > 1:
+        raise ModalityDetectionError(
+            f"{what} is claimed by several plugins ({', '.join(sorted(claims))}): "
+            "say which with Item(modality=...), or limit the plugins loaded with OMNISDK_PLUGINS"
+        )
+    return claims[0]

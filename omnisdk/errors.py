@@ -68,4 +68,4 @@ def describe(item: object, width: int = 60) -> str:
     """A short human label for an item in an error message."""
     label = getattr(item, "label", None)
     text = label() if callable(label) else repr(item)
-    return text if len(text) <= width else text[: width - 3] + "..."
+    return text if len(text) <= width else "..." + text[-(width - 3) :]  # the end holds the file name

@@ -54,12 +54,22 @@ def _build() -> pluggy.PluginManager:
         if pm.get_plugin(ep.name) is not None:
             continue  # a distribution installed twice (editable and wheel) lists it twice
         try:
-            pm.register(ep.load(), name=ep.name)
+            _register_checked(pm, ep.load(), ep.name)
         except Exception as exc:  # a broken third-party plugin must not break omnisdk
-            _load_failures[ep.name] = f"{type(exc).__name__}: {exc}"
-            log.info("omnisdk plugin '%s' (%s) failed to load: %s", ep.name, ep.value, exc)
-    pm.check_pending()  # a misspelled hook name fails loudly here
+            dist = getattr(getattr(ep, "dist", None), "name", None)
+            _load_failures[ep.name] = f"{type(exc).__name__}: {exc}" + (f" (package {dist})" if dist else "")
+            log.warning("omnisdk plugin '%s' (%s) failed to load: %s", ep.name, ep.value, exc)
     return pm
+
+
+def _register_checked(pm: pluggy.PluginManager, obj: Any, name: str | None) -> None:
+    """Register, then validate: a misspelled hook fails loudly and leaves nothing registered."""
+    pm.register(obj, name=name)
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError:
+        pm.unregister(obj)
+        raise
 
 
 def _wanted_names() -> set[str] | None:
@@ -77,9 +87,7 @@ def load_failures() -> dict[str, str]:
 
 def register_plugin(obj: Any, name: str | None = None) -> None:
     """Register an in-process plugin object (a module or class with hookimpls), e.g. in a notebook."""
-    pm = get_plugin_manager()
-    pm.register(obj, name=name)
-    pm.check_pending()
+    _register_checked(get_plugin_manager(), obj, name)
 
 
 def modality_classes() -> dict[str, type[ModalityPlugin]]:

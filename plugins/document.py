@@ -205,7 +205,8 @@ class IsolatedRunner:
     The child lives for the runner's `with` block and is restarted after a crash or a timeout. On
     Linux it is forked: instant, and it never touches torch, only MuPDF. Elsewhere it is spawned
     (the platform default), which re-imports this module once per runner. `isolate=False` runs the
-    jobs in this process. A failed job raises DocumentError with the cause.
+    jobs in this process, and so does a daemonic process (a DataLoader worker), which may not have
+    children and is itself expendable. A failed job raises DocumentError with the cause.
     """
 
     def __init__(self, isolate: bool = True, timeout_s: float = 30.0, max_memory_mb: int | None = None):
@@ -222,14 +223,19 @@ class IsolatedRunner:
         self.close()
 
     def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        if not self.isolate:
+        if not self.isolate or multiprocessing.current_process().daemon:
             try:
                 return fn(*args)
             except Exception as exc:  # the cause becomes this item's error
                 raise DocumentError(failure_cause(exc)) from exc
         if self._proc is None:
             self._start()
-        self._conn.send((fn, args))
+        try:
+            self._conn.send((fn, args))
+        except OSError:  # the child died between jobs (killed from outside): a fresh one takes this job
+            self._stop(kill=True)
+            self._start()
+            self._conn.send((fn, args))
         if not self._conn.poll(self.timeout_s):
             self._stop(kill=True)
             raise DocumentError(
@@ -262,7 +268,7 @@ class IsolatedRunner:
         with warnings.catch_warnings():
             # Python 3.12+ warns on fork in a threaded process (torch's pools): the child runs
             # MuPDF and pipe I/O only, never code that could wait on a lock held by those threads.
-            warnings.filterwarnings("ignore", message=".*fork\\(\\) may lead to deadlocks", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", ".*fork\\(\\) may lead to deadlocks", DeprecationWarning)
             self._proc.start()
         child.close()
         self._conn = parent
@@ -374,11 +380,9 @@ def _page_of(item: Item) -> int | None:
 class DocumentAdapter(nn.Module):
     """Page pixels -> the image tower's tokens, then the page's text tokens; no parameters of its own."""
 
-    def __init__(self, max_text_tokens: int, frame_tokens: int, token_grid: int | None = None):
+    def __init__(self, max_text_tokens: int, token_grid: int | None = None):
         super().__init__()
         self.max_text_tokens = max_text_tokens
-        #: tokens the model adds around the content: special tokens plus the longer instruction.
-        self.frame_tokens = frame_tokens
         self.token_grid = token_grid
         self._warned = False
 
@@ -386,13 +390,14 @@ class DocumentAdapter(nn.Module):
         image = runtime.adapter("image").encode_pixels(batch["pixels"], token_grid=self.token_grid)
         parts = [TokenEmbeddings(image, torch.ones(image.shape[:2], dtype=torch.long, device=image.device))]
         # The text gets what the image leaves of the backbone's sequence, so a page never overflows it.
-        room = runtime.max_length - image.size(1) - self.frame_tokens
+        budget = runtime.content_budget("document")
+        room = budget - image.size(1)
         if room < self.max_text_tokens and not self._warned:
             self._warned = True
             log.warning(
-                "document pages keep %d text tokens, not max_text_tokens=%d: %d image tokens fill the backbone's "
-                "max_length of %d (lower the document or image token_grid, or raise max_length)",
-                max(room, 0), self.max_text_tokens, image.size(1), runtime.max_length,
+                "document pages keep %d text tokens, not max_text_tokens=%d: %d image tokens fill the %d the "
+                "backbone leaves for content (lower the document or image token_grid, or raise max_length)",
+                max(room, 0), self.max_text_tokens, image.size(1), budget,
             )
         room = min(room, self.max_text_tokens)
         texts = batch["texts"]
@@ -410,7 +415,8 @@ class DocumentPlugin(ModalityPlugin):
     - Per-item errors (in `Prepared.errors`, never raised for the batch): missing, empty or non-PDF
       file; encrypted ("encrypted PDF: a password is required"); damaged (truncated, corrupt; see
       allow_repaired); page out of range ("page 5 of a 3-page PDF"); over max_pages; MuPDF crash or
-      timeout.
+      timeout. A PDF over max_pages is refused whole rather than indexed in part: a silently missing
+      tail is worse than a clear error.
     - `chunk()` of a PDF that cannot be read raises DocumentError naming the file and the cause, so
       an indexer can skip that file and go on.
     """
@@ -451,11 +457,7 @@ class DocumentPlugin(ModalityPlugin):
         return Prepared(batch=batch, ok=ok, errors=errors)
 
     def build_adapter(self, ctx: BuildContext) -> nn.Module:
-        tokenizer = ctx.tokenizer
-        roles = (self.instructions.query, self.instructions.document)
-        longest = max(len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in roles)
-        frame = tokenizer.num_special_tokens_to_add() + longest
-        return DocumentAdapter(self.config.max_text_tokens, frame, self.config.token_grid)
+        return DocumentAdapter(self.config.max_text_tokens, self.config.token_grid)
 
     def runner(self) -> IsolatedRunner:
         """A context manager that reads PDFs under this plugin's isolation settings."""

@@ -189,10 +189,10 @@ def test_a_page_without_text_is_embedded_from_its_image_alone(model, pdfs):
 
 def test_text_never_overflows_the_backbone_sequence(model, pdfs, caplog):
     prepared = model.prepare("document", pages_of(pdfs["good"])[:1])
-    greedy = DocumentAdapter(max_text_tokens=10_000, frame_tokens=model.adapters["document"].frame_tokens)
+    greedy = DocumentAdapter(max_text_tokens=10_000)
     with caplog.at_level(logging.WARNING, logger="omnisdk.plugins.document"):
         tokens = greedy(prepared.batch, model.runtime)
-    assert tokens.embeds.size(1) == model.runtime.max_length - greedy.frame_tokens
+    assert tokens.embeds.size(1) == model.runtime.content_budget("document")
     assert "keep 93 text tokens, not max_text_tokens=10000" in caplog.text
     framed = model._frame(tokens, "document", "query")  # the longer instruction
     assert framed.embeds.size(1) == model.runtime.max_length
@@ -200,7 +200,7 @@ def test_text_never_overflows_the_backbone_sequence(model, pdfs, caplog):
 
 def test_token_grid_pools_the_page_harder_than_an_image(model, pdfs):
     prepared = model.prepare("document", pages_of(pdfs["good"])[2:])  # no text: image tokens only
-    coarse = DocumentAdapter(max_text_tokens=64, frame_tokens=0, token_grid=1)
+    coarse = DocumentAdapter(max_text_tokens=64, token_grid=1)
     assert coarse(prepared.batch, model.runtime).embeds.shape[1] == 2  # class token + one pooled cell
     assert model.adapters["document"](prepared.batch, model.runtime).embeds.shape[1] == 17  # 4x4 + class
 
@@ -259,6 +259,9 @@ def test_a_crash_costs_one_job_and_the_runner_goes_on(pdfs):
         with pytest.raises(DocumentError, match="MuPDF crashed reading it \\(killed by SIGSEGV\\)"):
             runner.run(_segfault)
         assert runner.run(count_pages, str(pdfs["good"]), config) == 3
+        os.kill(runner._proc.pid, signal.SIGKILL)  # like the OOM killer, between two jobs
+        runner._proc.join()
+        assert runner.run(count_pages, str(pdfs["good"]), config) == 3
 
 
 @linux_only
@@ -275,3 +278,23 @@ def test_the_child_memory_is_capped():
     with IsolatedRunner(max_memory_mb=256) as runner:
         with pytest.raises(DocumentError, match="ran out of memory"):
             runner.run(_allocate_gigabytes)
+
+
+def _count_in_a_daemon(conn, path) -> None:
+    try:
+        with IsolatedRunner() as runner:
+            conn.send(runner.run(count_pages, path, DocumentConfig()))
+    except Exception as exc:  # the parent asserts on what came back
+        conn.send(repr(exc))
+
+
+@linux_only
+def test_a_daemonic_process_reads_in_process(pdfs):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    receive, send = ctx.Pipe(duplex=False)
+    worker = ctx.Process(target=_count_in_a_daemon, args=(send, str(pdfs["good"])), daemon=True)
+    worker.start()
+    assert receive.poll(20) and receive.recv() == 3  # a daemon may not fork: it must not try
+    worker.join(5)
