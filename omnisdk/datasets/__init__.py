@@ -1,0 +1,1 @@
+"""Datasets: the BEIR-style multi-modal format (loading, validation) and the OmniWorld generator."""

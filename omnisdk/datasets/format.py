@@ -1,0 +1,264 @@
+"""The dataset format: BEIR-style files with a modality on every item. See docs/data-format.md.
+
+    DATASET/
+      dataset.json      name, version, seed, tasks, generator settings, file hashes
+      corpus.jsonl      {"_id": "d1", "modality": "image", "path": "img/1.png", "tasks": ["t2i"]}
+      queries.jsonl     {"_id": "q1", "modality": "text", "text": "a red circle", "task": "t2i"}
+      qrels/<split>.tsv query-id <TAB> corpus-id <TAB> score   (a header line first)
+      train.jsonl       {"query": ITEM, "positive": ITEM, "negatives": [ITEM, ...], "task": "t2i"}
+
+Every problem is reported as `FILE:LINE: what is wrong`, so a user can fix their own conversion.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+from pydantic import BaseModel
+
+from omnisdk.errors import OmniError
+from omnisdk.items import Item, Locator
+
+DATASET_JSON = "dataset.json"
+CORPUS = "corpus.jsonl"
+QUERIES = "queries.jsonl"
+TRAIN = "train.jsonl"
+QRELS_DIR = "qrels"
+
+
+class DatasetError(OmniError):
+    """A dataset file is missing or malformed; the message names the file and line."""
+
+
+class TaskSpec(BaseModel):
+    """A task: queries of one modality retrieve corpus items of another."""
+
+    query_modality: str
+    corpus_modality: str
+    kind: Literal["retrieval", "classification"] = "retrieval"
+    #: the modality a report credits this task to (t2i and i2t both count for "image").
+    modality: str | None = None
+    description: str = ""
+
+    def credited_modality(self) -> str:
+        if self.modality:
+            return self.modality
+        return self.corpus_modality if self.query_modality == "text" else self.query_modality
+
+
+@dataclass(frozen=True)
+class Record:
+    """One corpus item or query as written in its file; `path` stays relative to the dataset root."""
+
+    id: str
+    modality: str
+    text: str | None = None
+    path: str | None = None
+    locator: dict[str, Any] | None = None
+    task: str | None = None  # queries: the task they belong to
+    tasks: tuple[str, ...] = ()  # corpus: the tasks whose candidate pool holds it (empty: by modality)
+    where: str = ""  # FILE:LINE, for messages
+
+
+@dataclass
+class TrainExample:
+    query: Item
+    positive: Item
+    negatives: list[Item]
+    task: str | None
+
+
+@dataclass
+class Dataset:
+    root: Path
+    meta: dict[str, Any]
+    tasks: dict[str, TaskSpec]
+    corpus: dict[str, Record]
+    queries: dict[str, Record]
+    qrels: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)  # split -> qid -> cid -> score
+
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("name", self.root.name))
+
+    @property
+    def splits(self) -> list[str]:
+        return sorted(self.qrels)
+
+    def item(self, record: Record | dict[str, Any]) -> Item:
+        """An omnisdk Item with an absolute path, ready for `OmniModel.encode`."""
+        if isinstance(record, dict):
+            record = _record(record, "", need_id=False)
+        path = self.root / record.path if record.path else None
+        return Item(modality=record.modality, text=record.text, path=path, locator=Locator.from_dict(record.locator))
+
+    def task_queries(self, task: str, split: str) -> list[Record]:
+        """Queries of `task` that have judgements in `split`, in file order."""
+        judged = self.qrels.get(split, {})
+        return [q for q in self.queries.values() if q.task == task and q.id in judged]
+
+    def candidates(self, task: str) -> list[Record]:
+        """The corpus items a task's queries rank: those listing the task, else all of its corpus modality."""
+        spec = self.tasks[task]
+        listed = [r for r in self.corpus.values() if task in r.tasks]
+        if listed:
+            return listed
+        return [r for r in self.corpus.values() if not r.tasks and r.modality == spec.corpus_modality]
+
+    def train_examples(self) -> Iterator[TrainExample]:
+        """Training pairs from train.jsonl, read lazily (the file may be large)."""
+        path = self.root / TRAIN
+        if not path.exists():
+            return
+        for where, row in _jsonl(path):
+            try:
+                yield TrainExample(
+                    query=self.item(row["query"]),
+                    positive=self.item(row["positive"]),
+                    negatives=[self.item(n) for n in row.get("negatives", [])],
+                    task=row.get("task"),
+                )
+            except (KeyError, TypeError, DatasetError) as exc:
+                raise DatasetError(f"{where}: bad training example: {exc}") from exc
+
+    def content_hash(self) -> str:
+        """The hash recorded by the generator, else a hash of the four index files."""
+        if self.meta.get("hash"):
+            return str(self.meta["hash"])
+        digest = hashlib.sha256()
+        for name in (CORPUS, QUERIES, *(f"{QRELS_DIR}/{s}.tsv" for s in self.splits)):
+            p = self.root / name
+            if p.exists():
+                digest.update(name.encode() + b"\0" + p.read_bytes())
+        return digest.hexdigest()
+
+
+def load_dataset(root: str | Path, *, known_modalities: set[str] | None = None, check_files: bool = True) -> Dataset:
+    """Read and validate a dataset directory; any problem raises DatasetError naming FILE:LINE."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"dataset directory {root} does not exist")
+    if known_modalities is None:
+        from omnisdk.plugin_manager import modality_classes
+
+        known_modalities = set(modality_classes())
+    meta = _read_meta(root)
+    corpus = _read_records(root, CORPUS, known_modalities, check_files, is_query=False)
+    queries = _read_records(root, QUERIES, known_modalities, check_files, is_query=True)
+    tasks = {name: TaskSpec.model_validate(spec) for name, spec in meta.get("tasks", {}).items()}
+    for q in queries.values():
+        if q.task is None:
+            raise DatasetError(f"{q.where}: query '{q.id}' has no \"task\"")
+        if q.task not in tasks:
+            if meta.get("tasks"):
+                raise DatasetError(f"{q.where}: task '{q.task}' is not declared in {DATASET_JSON} (declared: {', '.join(sorted(tasks))})")
+            tasks[q.task] = _infer_task(q, corpus)
+    qrels = {p.stem: _read_qrels(p, root, queries, corpus) for p in sorted((root / QRELS_DIR).glob("*.tsv"))}
+    if not qrels:
+        raise DatasetError(f"{root / QRELS_DIR}: no <split>.tsv files")
+    return Dataset(root=root, meta=meta, tasks=tasks, corpus=corpus, queries=queries, qrels=qrels)
+
+
+def _read_meta(root: Path) -> dict[str, Any]:
+    path = root / DATASET_JSON
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from exc
+
+
+def _jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DatasetError(f"{where}: not valid JSON: {exc.msg}") from exc
+            if not isinstance(row, dict):
+                raise DatasetError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            yield where, row
+
+
+def _record(row: dict[str, Any], where: str, *, need_id: bool = True, known: set[str] | None = None) -> Record:
+    if need_id and not isinstance(row.get("_id"), str):
+        raise DatasetError(f"{where}: missing string \"_id\"")
+    modality = row.get("modality")
+    if not isinstance(modality, str):
+        raise DatasetError(f"{where}: missing string \"modality\"")
+    if known is not None and modality not in known:
+        raise DatasetError(f"{where}: unknown modality '{modality}' (installed: {', '.join(sorted(known))})")
+    if row.get("text") is None and row.get("path") is None:
+        raise DatasetError(f"{where}: an item needs \"text\" or \"path\"")
+    if modality != "text" and row.get("path") is None:
+        raise DatasetError(f"{where}: a {modality} item needs a \"path\" relative to the dataset root")
+    return Record(
+        id=row.get("_id", ""), modality=modality, text=row.get("text"), path=row.get("path"),
+        locator=row.get("locator"), task=row.get("task"), tasks=tuple(row.get("tasks", ())), where=where,
+    )
+
+
+def _read_records(root: Path, name: str, known: set[str], check_files: bool, is_query: bool) -> dict[str, Record]:
+    path = root / name
+    if not path.exists():
+        raise DatasetError(f"{path}: file not found")
+    records: dict[str, Record] = {}
+    for where, row in _jsonl(path):
+        record = _record(row, where, known=known)
+        if record.id in records:
+            raise DatasetError(f"{where}: duplicate _id '{record.id}' (first at {records[record.id].where})")
+        if check_files and record.path is not None:
+            _check_path(root, record, where)
+        records[record.id] = record
+    return records
+
+
+def _check_path(root: Path, record: Record, where: str) -> None:
+    target = (root / record.path).resolve()
+    if not target.is_relative_to(root.resolve()):
+        raise DatasetError(f"{where}: path '{record.path}' points outside the dataset root")
+    if not target.is_file():
+        raise DatasetError(f"{where}: file not found: {record.path}")
+
+
+def _read_qrels(path: Path, root: Path, queries: dict[str, Record], corpus: dict[str, Record]) -> dict[str, dict[str, int]]:
+    judged: dict[str, dict[str, int]] = {}
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            where = f"{path}:{lineno}"
+            parts = line.rstrip("\n").split("\t")
+            if lineno == 1 and parts[0] in ("query-id", "query_id", "qid"):
+                continue
+            if not line.strip():
+                continue
+            if len(parts) != 3:
+                raise DatasetError(f"{where}: expected 'query-id<TAB>corpus-id<TAB>score', got {len(parts)} field(s)")
+            qid, cid, score = parts
+            if qid not in queries:
+                raise DatasetError(f"{where}: unknown query id '{qid}'")
+            if cid not in corpus:
+                raise DatasetError(f"{where}: unknown corpus id '{cid}'")
+            try:
+                judged.setdefault(qid, {})[cid] = int(score)
+            except ValueError as exc:
+                raise DatasetError(f"{where}: score '{score}' is not an integer") from exc
+    return judged
+
+
+def _infer_task(query: Record, corpus: dict[str, Record]) -> TaskSpec:
+    """A task not declared in dataset.json: retrieval from the query's modality to its name's target."""
+    target = {"i": "image", "v": "video", "d": "document", "a": "audio", "t": "text"}
+    name = query.task or ""
+    if len(name) == 3 and name[1] == "2" and name[2] in target:
+        return TaskSpec(query_modality=query.modality, corpus_modality=target[name[2]])
+    listed = {r.modality for r in corpus.values() if name in r.tasks}
+    if len(listed) == 1:
+        return TaskSpec(query_modality=query.modality, corpus_modality=listed.pop())
+    raise DatasetError(f"{query.where}: cannot tell what task '{name}' retrieves: declare it under \"tasks\" in {DATASET_JSON}")

@@ -1,0 +1,1 @@
+"""OmniWorld: an offline, deterministic multi-modal benchmark generated on this machine."""

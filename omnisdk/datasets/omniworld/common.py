@@ -1,0 +1,51 @@
+"""What every OmniWorld domain generator returns, and the settings it gets.
+
+A domain (scenes, digits, clips, documents, sounds, spoken digits) writes its files under the
+dataset root and returns one `Sample` per item. The builder (build.py) turns samples into the
+corpus, queries, qrels and training pairs; domains know nothing about those files.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+Split = Literal["train", "dev", "test"]
+SPLITS: tuple[Split, ...] = ("train", "dev", "test")
+
+
+@dataclass
+class Sample:
+    """One generated item and what is true of it."""
+
+    id: str  # unique in the dataset, e.g. "scenes-test-0007"
+    domain: str  # scenes | digits | clips | documents | sounds | spoken
+    split: Split
+    modality: str  # image | video | document | audio
+    path: str  # relative to the dataset root, POSIX separators
+    captions: list[str]  # texts that describe it; captions[0] is the canonical one (the x2t corpus text)
+    locator: dict[str, Any] | None = None  # {"page": 2} for a PDF page
+    queries: list[str] = field(default_factory=list)  # extra query texts (questions about a page); default: captions
+    label: str | None = None  # class name for classification tasks ("seven", "rising buzzy")
+    attributes: dict[str, Any] = field(default_factory=dict)  # what generated it: for hard negatives and held-out checks
+
+
+@dataclass(frozen=True)
+class DomainSettings:
+    """How many items of each split a domain makes, and its seeded random generator."""
+
+    counts: dict[str, int]  # split -> number of items
+    seed: int
+
+    def rng(self, salt: str) -> np.random.Generator:
+        """A generator that depends only on the dataset seed and `salt`, never on other domains."""
+        import hashlib
+
+        digest = hashlib.sha256(f"{self.seed}:{salt}".encode()).digest()
+        return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def relpath(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()

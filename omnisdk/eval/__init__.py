@@ -1,0 +1,1 @@
+"""Evaluation: retrieval metrics, exact search, and per-task reports."""
