@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--out", required=True, type=Path)
     make.add_argument("--seed", type=int, default=0)
     make.add_argument("--size", default="tiny", choices=["tiny", "small", "full"])
+    make.add_argument("--overwrite", action="store_true", help="replace an OmniWorld already in --out")
     make.add_argument("--json", action="store_true", help="print dataset.json's summary as JSON")
     make.set_defaults(func=cmd_datasets_make)
     check = dsub.add_parser("check", help="validate a dataset directory and summarise it")
@@ -256,7 +257,7 @@ def cmd_datasets_make(args: argparse.Namespace) -> int:
     from omnisdk.datasets.omniworld.build import make_omniworld
 
     start = time.perf_counter()
-    meta = make_omniworld(args.out, seed=args.seed, size=args.size)
+    meta = make_omniworld(args.out, seed=args.seed, size=args.size, overwrite=args.overwrite)
     elapsed = time.perf_counter() - start
     size_mb = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file()) / 1e6
     if args.json:

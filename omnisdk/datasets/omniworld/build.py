@@ -52,7 +52,7 @@ SIZES: dict[str, dict[str, dict[str, int]]] = {
         "scenes": {"train": 12000, "dev": 500, "test": 1000},
         "digits": {"train": 1397, "dev": 150, "test": 250},  # load_digits holds 1,797 images
         "clips": {"train": 4000, "dev": 250, "test": 500},
-        "documents": {"train": 2000, "dev": 150, "test": 300},
+        "documents": {"train": 900, "dev": 80, "test": 160},  # pages; 1,363 vendored paragraphs
         "sounds": {"train": 8000, "dev": 500, "test": 1000},
         "spoken": {"train": 3000, "dev": 250, "test": 500},
     },
@@ -75,13 +75,17 @@ TASKS: dict[str, dict[str, Any]] = {
 HARD_NEGATIVES = 3
 
 
-def make_omniworld(out: str | Path, *, seed: int = 0, size: str = "tiny", show_progress: bool = True,
+def make_omniworld(out: str | Path, *, seed: int = 0, size: str = "tiny", overwrite: bool = False,
                    domains: Iterable[str] = DOMAINS) -> dict[str, Any]:
-    """Generate OmniWorld into `out`; returns dataset.json's content plus generation timings."""
+    """Generate OmniWorld into `out`; returns dataset.json's content plus generation timings.
+
+    `out` must be empty or missing; with `overwrite`, an earlier OmniWorld there is replaced (only
+    the files OmniWorld writes are removed, so stale files never leak into the new file hashes).
+    """
     if size not in SIZES:
         raise OmniError(f"unknown OmniWorld size '{size}'; choose one of: {', '.join(SIZES)}")
     root = Path(out)
-    root.mkdir(parents=True, exist_ok=True)
+    _prepare_output(root, overwrite)
     samples: dict[str, list[Sample]] = {}
     timings: dict[str, float] = {}
     for domain in domains:
@@ -112,6 +116,24 @@ def make_omniworld(out: str | Path, *, seed: int = 0, size: str = "tiny", show_p
     }
     (root / DATASET_JSON).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return {**meta, "timings_s": timings}
+
+
+def _prepare_output(root: Path, overwrite: bool) -> None:
+    import shutil
+
+    if root.exists() and not root.is_dir():
+        raise OmniError(f"{root} is a file; --out needs a directory")
+    if root.exists() and any(root.iterdir()):
+        if not overwrite:
+            raise OmniError(f"{root} is not empty; choose a new directory or pass --overwrite")
+        if not (root / DATASET_JSON).is_file():
+            raise OmniError(f"{root} is not empty and holds no {DATASET_JSON}: refusing to overwrite what may not "
+                            "be a dataset; choose a new directory")
+        for name in (*DOMAINS, QRELS_DIR):
+            shutil.rmtree(root / name, ignore_errors=True)
+        for name in (CORPUS, QUERIES, TRAIN, DATASET_JSON):
+            (root / name).unlink(missing_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
 
 
 def _generator(domain: str) -> Callable[[Path, DomainSettings], list[Sample]]:
