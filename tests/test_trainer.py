@@ -1,0 +1,190 @@
+"""The contrastive trainer: loss, schedule, determinism, resume after a real kill, frozen bits, quotas, LoRA, two processes."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from omnisdk import checkpoint as ckpt
+from omnisdk.datasets.format import load_dataset
+from omnisdk.trainers.config import TrainConfig
+from omnisdk.trainers.contrastive import warmup_cosine
+from omnisdk.trainers.data import BatchSchedule, PairPool, modality_mix, per_batch_counts
+from omnisdk.trainers.info_nce import info_nce
+from omnisdk.trainers.stages import recover, rehearse, train_specialist
+from tests.media.audio import tone
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = {"batch_size": 4, "log_every": 1, "hard_negatives": 1}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A tiny base model and a dataset with image pairs (OmniWorld scenes and digits) and audio pairs (tones)."""
+    from omnisdk.datasets.omniworld.build import make_omniworld
+    from omnisdk.presets import build_base
+
+    root = tmp_path_factory.mktemp("trainer")
+    data = root / "data"
+    make_omniworld(data, domains=("scenes", "digits"))
+    _add_tone_pairs(data)
+    base = root / "base"
+    build_base("tiny").save(base)
+    return {"root": root, "data": data, "base": base}
+
+
+def _add_tone_pairs(data: Path) -> None:
+    """Append text -> WAV pairs: 'a low tone' / 'a high tone' at a few pitches."""
+    import soundfile as sf
+
+    (data / "tones").mkdir()
+    rows = []
+    for i, freq in enumerate([220, 260, 300, 1800, 2000, 2400, 600, 700]):
+        path = data / "tones" / f"t{i}.wav"
+        sf.write(path, tone(0.5, 16_000, freq), 16_000, subtype="PCM_16")
+        word = "low" if freq < 500 else "high" if freq > 1000 else "medium"
+        rows.append({"query": {"modality": "text", "text": f"a {word} tone"},
+                     "positive": {"modality": "audio", "path": f"tones/t{i}.wav"}, "negatives": [], "task": "t2a"})
+    with open(data / "train.jsonl", "a") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+def test_info_nce_matches_a_hand_computed_value():
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    p = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    # Row 0: logits (1, 0.6)/0.5 = (2, 1.2): -log(e^2/(e^2+e^1.2)) = log(1+e^-0.8) = 0.371101
+    # Row 1: logits (0, 0.8)/0.5 = (0, 1.6): -log(e^1.6/(1+e^1.6)) = log(1+e^-1.6) = 0.183901
+    # Columns (item -> query): col 0 (2, 0): log(1+e^-2) = 0.126928; col 1 (1.2, 1.6): log(1+e^-0.4) = 0.513015
+    expected_q = (0.371101 + 0.183901) / 2
+    expected_p = (0.126928 + 0.513015) / 2
+    assert info_nce(q, p, 0.5, symmetric=False).item() == pytest.approx(expected_q, abs=1e-5)
+    assert info_nce(q, p, 0.5).item() == pytest.approx((expected_q + expected_p) / 2, abs=1e-5)
+    # A hard negative identical to the positive doubles that term: row 0 becomes log(1 + 1 + e^-0.8)... in softmax form.
+    hard = torch.tensor([[[1.0, 0.0]], [[0.0, -1.0]]])
+    row0 = -math.log(math.e ** 2 / (math.e ** 2 + math.e ** 1.2 + math.e ** 2))
+    row1 = -math.log(math.e ** 1.6 / (1 + math.e ** 1.6 + math.e ** -2))
+    got = info_nce(q, p, 0.5, hard, torch.ones(2, 1, dtype=torch.bool), symmetric=False).item()
+    assert got == pytest.approx((row0 + row1) / 2, abs=1e-5)
+    masked = info_nce(q, p, 0.5, hard, torch.zeros(2, 1, dtype=torch.bool), symmetric=False).item()
+    assert masked == pytest.approx(expected_q, abs=1e-5)
+
+
+def test_warmup_then_cosine_schedule():
+    factor = warmup_cosine(TrainConfig(steps=10, warmup_ratio=0.2))
+    values = [factor(s) for s in range(10)]
+    assert values[0] == pytest.approx(1 / 3) and values[1] == pytest.approx(2 / 3) and values[2] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(values[2:], values[3:]))  # non-increasing after warm-up
+    assert factor(10) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_batches_are_a_pure_function_of_seed_and_number_and_ranks_are_disjoint(world):
+    pool = PairPool.from_dataset(load_dataset(world["data"]), modalities=["image"])
+    one = BatchSchedule(pool, 8, seed=0)
+    again = BatchSchedule(pool, 8, seed=0)
+    assert [id(x) for x in one.batch(5)] == [id(x) for x in again.batch(5)]
+    two = BatchSchedule(pool, 4, seed=0, world_size=2)
+    a, b = two.batch(3, rank=0), two.batch(3, rank=1)
+    assert not {id(x) for x in a} & {id(x) for x in b}
+    epoch = [id(x) for n in range(len(pool) // 4) for x in BatchSchedule(pool, 4, seed=1).batch(n)]
+    assert len(set(epoch)) == len(epoch)  # one epoch visits each pair once
+
+
+def test_quotas_fix_each_modality_share_of_every_batch(world):
+    pool = PairPool.from_dataset(load_dataset(world["data"]))
+    assert per_batch_counts({"image": 1, "audio": 1}, 8) == {"audio": 4, "image": 4}
+    # 6 x 3/4 = 4.5 and 6 x 1/4 = 1.5: floors 4 + 1, the spare pair goes to the tied remainder first by name.
+    assert per_batch_counts({"image": 3, "audio": 1}, 6) == {"audio": 2, "image": 4}
+    schedule = BatchSchedule(pool, 8, seed=0, quotas={"image": 1.0, "audio": 1.0})
+    for number in range(12):  # audio has 8 pairs, image 100+: quotas hold whatever the pool sizes
+        assert modality_mix(schedule.batch(number)) == {"image": 4, "audio": 4}
+    with pytest.raises(Exception, match="no training pairs: \\['video'\\]"):
+        BatchSchedule(pool, 8, seed=0, quotas={"video": 1.0})
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path / ckpt.WEIGHTS))
+
+
+def test_specialist_trains_backbone_and_its_adapter_only_and_is_deterministic(world, tmp_path):
+    settings = {**FAST, "steps": 3}
+    train_specialist(world["base"], "image", world["data"], tmp_path / "a", settings)
+    train_specialist(world["base"], "image", world["data"], tmp_path / "b", settings)
+    base, a, b = _weights(world["base"]), _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # same seed, same bits
+    changed = {k for k in a if not torch.equal(a[k], base[k])}
+    assert any(k.startswith("backbone.") for k in changed) and any(k.startswith("adapters.image.") for k in changed)
+    assert not {k for k in changed if k.startswith(("adapters.audio.", "adapters.video.", "adapters.document."))}
+    manifest = ckpt.read_manifest(tmp_path / "a")
+    assert manifest.lineage.stage == "specialist" and manifest.lineage.parents == [ckpt.read_manifest(world["base"]).fingerprint]
+    assert manifest.lineage.settings["plugin"] == "image" and manifest.lineage.data_hash
+    assert not (tmp_path / "a" / "run").exists()
+
+
+def test_a_run_killed_after_a_checkpoint_resumes_to_the_same_weights(world, tmp_path):
+    settings = {**FAST, "steps": 40, "checkpoint_every": 2}
+    script = (f"from omnisdk.trainers.stages import train_specialist\n"
+              f"train_specialist({str(world['base'])!r}, 'image', {str(world['data'])!r}, {str(tmp_path / 'killed')!r}, {settings!r})\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stderr=subprocess.DEVNULL)
+    checkpoints = tmp_path / "killed" / "run" / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(checkpoints.glob("step-00000[6-9]")) and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / ckpt.MANIFEST).exists(), "the run finished before it could be killed"
+    result = train_specialist(world["base"], "image", world["data"], tmp_path / "killed", settings)
+    assert result.resumed_from is not None and result.resumed_from >= 6
+    train_specialist(world["base"], "image", world["data"], tmp_path / "straight", settings)
+    resumed, straight = _weights(tmp_path / "killed"), _weights(tmp_path / "straight")
+    assert all(torch.equal(resumed[k], straight[k]) for k in straight)
+
+
+def test_recovery_changes_the_projector_only_and_every_other_bit_stays(world, tmp_path):
+    recover(world["base"], "audio", world["data"], tmp_path / "rec", {**FAST, "steps": 3})
+    before, after = _weights(world["base"]), _weights(tmp_path / "rec")
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("adapters.audio.projector.") for k in changed)
+    assert ckpt.read_manifest(tmp_path / "rec").lineage.stage == "recovery"
+
+
+def test_rehearsal_draws_every_modality_and_keeps_training_everything(world, tmp_path):
+    rehearse(world["base"], world["data"], tmp_path / "reh", {**FAST, "steps": 2})
+    lineage = ckpt.read_manifest(tmp_path / "reh").lineage
+    assert lineage.settings["quotas"] == {"audio": 1.0, "image": 1.0}
+    assert set(lineage.settings["pairs"]) == {"audio", "image"}
+
+
+def test_lora_is_merged_into_plain_backbone_weights(world, tmp_path):
+    settings = {**FAST, "steps": 2, "lora": {"rank": 2, "alpha": 4}, "learning_rate": 1e-2}
+    train_specialist(world["base"], "image", world["data"], tmp_path / "lora", settings)
+    base, tuned = _weights(world["base"]), _weights(tmp_path / "lora")
+    assert set(tuned) == set(base)  # no lora_A / base_model.model names left behind
+    changed = [k for k in base if not torch.equal(base[k], tuned[k])]
+    assert any(k.startswith("backbone.") and ("query" in k or "value" in k) for k in changed)
+    assert not any(k.startswith("backbone.") and "key" in k for k in changed)  # only the LoRA targets moved
+    from omnisdk.model import OmniModel
+
+    assert np.isfinite(OmniModel.load(tmp_path / "lora").encode(["a red circle"])).all()
+
+
+def test_two_gloo_processes_end_with_identical_weights(world, tmp_path):
+    worker = ROOT / "tests" / "ddp_worker.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", str(worker),
+           str(world["base"]), str(world["data"]), str(tmp_path / "ddp")]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    prints = [json.loads((tmp_path / "ddp" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert prints[0]["fingerprint"] == prints[1]["fingerprint"]
+    assert prints[0]["fingerprint"] != ckpt.read_manifest(world["base"]).fingerprint
+    assert ckpt.read_manifest(tmp_path / "ddp").lineage.settings["world_size"] == 2

@@ -1,0 +1,53 @@
+"""Settings of one contrastive training run; every stage (specialist, recovery, rehearsal, joint) uses it."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class LoraSettings(BaseModel):
+    """Low-rank adapters on the backbone's attention; merged into the weights when training ends."""
+
+    model_config = ConfigDict(extra="forbid")
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    #: module-name suffixes to adapt; None picks the backbone family's attention projections.
+    target_modules: list[str] | None = None
+
+
+class TrainConfig(BaseModel):
+    """One contrastive run. Steps count optimiser updates; a step sees batch_size x grad_accumulation pairs."""
+
+    model_config = ConfigDict(extra="forbid")
+    steps: int = Field(200, ge=1)
+    batch_size: int = Field(32, ge=2)  # in-batch negatives need at least two pairs
+    grad_accumulation: int = Field(1, ge=1)
+    learning_rate: float = Field(5e-5, gt=0)
+    weight_decay: float = 0.01
+    warmup_ratio: float = Field(0.1, ge=0, le=1)
+    max_grad_norm: float | None = 1.0
+    temperature: float = Field(0.05, gt=0)
+    learn_temperature: bool = False
+    hard_negatives: int = Field(1, ge=0)  # per pair, from train.jsonl; 0 uses in-batch negatives only
+    symmetric: bool = True
+    seed: int = 0
+    #: fnmatch globs over full parameter names; only matching parameters train. None: the stage decides.
+    trainable: list[str] | None = None
+    lora: LoraSettings | None = None
+    #: "bf16" runs forward passes under autocast (CPU and CUDA); master weights stay float32.
+    precision: Literal["fp32", "bf16"] = "fp32"
+    checkpoint_every: int = Field(50, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    #: pairs of these tasks only (None: all); a specialist sets its modality's tasks.
+    tasks: list[str] | None = None
+    #: modality -> share of each batch (rehearsal); None draws pairs uniformly from the pool.
+    quotas: dict[str, float] | None = None
+    log_every: int = Field(10, ge=1)
+
+    @model_validator(mode="after")
+    def _lora_needs_full_backbone_choice(self) -> "TrainConfig":
+        if self.lora is not None and self.trainable is not None and not any(p.startswith("backbone") for p in self.trainable):
+            raise ValueError("lora adapts the backbone, but trainable excludes every backbone parameter")
+        return self

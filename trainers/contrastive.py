@@ -1,0 +1,223 @@
+"""The contrastive trainer every stage uses: specialists, recovery, rehearsal and the joint baseline.
+
+One step: for each of `grad_accumulation` micro-batches, embed queries, positives and hard
+negatives (grouped by modality), compute symmetric InfoNCE, backpropagate; then average gradients
+across ranks, clip, AdamW, advance the warm-up + cosine schedule. Only the parameters the stage
+names train; everything else keeps its exact bits. Deterministic on CPU for a given seed, and
+resumable: a run killed after its checkpoint at step k and restarted ends with the same weights as
+one that never stopped.
+"""
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import hashlib
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from omnisdk.errors import OmniError
+from omnisdk.trainers import state as run_state
+from omnisdk.trainers.config import TrainConfig
+from omnisdk.trainers.data import BatchSchedule, PairPool, modality_mix
+from omnisdk.trainers.distributed import World, average_gradients, average_scalar, barrier
+from omnisdk.trainers.embedding import embed_with_grad
+from omnisdk.trainers.info_nce import info_nce
+from omnisdk.trainers.lora import attach_lora, merge_lora
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    final_loss: float
+    seconds: float
+    pairs_seen: int
+    trainable_parameters: int
+    skipped_items: int
+    resumed_from: int | None = None
+    fingerprint: str = ""  # of the trained weights, on every rank (data-parallel ranks must agree)
+    losses: list[tuple[int, float]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "losses"}
+
+
+class ContrastiveTrainer:
+    """Trains `model` in place on `pool` with `config`; `run_dir` holds resumable checkpoints."""
+
+    def __init__(self, model, pool: PairPool, config: TrainConfig, run_dir: str | Path, *,
+                 world: World | None = None, show_progress: bool | None = None):
+        self.model, self.pool, self.config = model, pool, config
+        self.run_dir = Path(run_dir)
+        self.world = world or World()
+        self.show_progress = sys.stderr.isatty() if show_progress is None else show_progress
+        torch.manual_seed(config.seed)
+        if config.lora is not None:
+            attach_lora(model, config.lora)
+        self.params = self._select_trainable()
+        self.log_temperature = torch.nn.Parameter(torch.tensor(math.log(config.temperature)),
+                                                  requires_grad=config.learn_temperature)
+        trained = dict(self.params)
+        if config.learn_temperature:
+            trained["_log_temperature"] = self.log_temperature
+        self.trained = trained
+        self.optimizer = torch.optim.AdamW(list(trained.values()), lr=config.learning_rate,
+                                           weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(config))
+        self.schedule = BatchSchedule(pool, config.batch_size, config.seed, config.quotas, self.world.size)
+
+    # -- which parameters train ---------------------------------------------------------------------
+    def _select_trainable(self) -> dict[str, torch.nn.Parameter]:
+        patterns = self.config.trainable or ["*"]
+        lora = self.config.lora is not None
+        chosen: dict[str, torch.nn.Parameter] = {}
+        for name, p in self.model.named_parameters():
+            if lora and name.startswith("backbone."):
+                keep = "lora_" in name  # peft already marked these; the frozen base weights stay frozen
+            else:
+                keep = any(fnmatch.fnmatchcase(name, pat) for pat in patterns)
+            p.requires_grad_(keep)
+            if keep:
+                chosen[name] = p
+        if not chosen:
+            raise OmniError(f"no parameter matches trainable={patterns}; parameter names start with "
+                            "'backbone.' or 'adapters.<modality>.'")
+        return chosen
+
+    # -- the loop -------------------------------------------------------------------------------------
+    def train(self) -> TrainResult:
+        from tqdm.auto import tqdm
+
+        cfg = self.config
+        start_step, resumed = self._resume()
+        losses: list[tuple[int, float]] = list(self._resumed_losses)
+        skipped = 0
+        self.model.train()
+        started = time.perf_counter()
+        pairs = 0
+        bar = tqdm(total=cfg.steps, initial=start_step, desc="train", unit="step",
+                   disable=not (self.show_progress and self.world.is_main))
+        loss_value = float("nan")
+        for step in range(start_step, cfg.steps):
+            self.optimizer.zero_grad(set_to_none=True)
+            step_loss = 0.0
+            for micro in range(cfg.grad_accumulation):
+                batch = self.schedule.batch(step * cfg.grad_accumulation + micro, self.world.rank)
+                loss, used, dropped = self._micro_step(batch)
+                (loss / cfg.grad_accumulation).backward()
+                step_loss += float(loss.detach()) / cfg.grad_accumulation
+                pairs += used
+                skipped += dropped
+            average_gradients(self.trained.values(), self.world)
+            if cfg.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(list(self.trained.values()), cfg.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            loss_value = average_scalar(step_loss, self.world)
+            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+                losses.append((step + 1, round(loss_value, 6)))
+            rate = pairs * self.world.size / max(time.perf_counter() - started, 1e-9)
+            bar.set_postfix(loss=f"{loss_value:.4f}", pairs_s=f"{rate:.1f}", refresh=False)
+            bar.update()
+            if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+                self._checkpoint(step + 1, losses)
+        bar.close()
+        self.model.eval()
+        merge_lora(self.model)
+        return TrainResult(steps=cfg.steps, final_loss=loss_value, seconds=round(time.perf_counter() - started, 2),
+                           pairs_seen=pairs * self.world.size, trainable_parameters=sum(p.numel() for p in self.params.values()),
+                           skipped_items=skipped, resumed_from=resumed, losses=losses)
+
+    def _micro_step(self, batch) -> tuple[torch.Tensor, int, int]:
+        """Loss of one micro-batch; pairs whose query or positive cannot be read are left out."""
+        cfg = self.config
+        h = cfg.hard_negatives
+        with self._autocast():
+            queries, q_ok, q_err = embed_with_grad(self.model, [ex.query for ex in batch], "query")
+            positives, p_ok, p_err = embed_with_grad(self.model, [ex.positive for ex in batch], "document")
+            negatives_items = [ex.negatives[k] for ex in batch for k in range(min(h, len(ex.negatives)))]
+            negatives, n_ok, n_err = embed_with_grad(self.model, negatives_items, "document") if negatives_items else (None, None, {})
+        for errors in (q_err, p_err, n_err):
+            for cause in errors.values():
+                log.warning("training item skipped: %s", cause)
+        keep = q_ok & p_ok
+        if int(keep.sum()) < 2:
+            raise OmniError(f"a batch kept {int(keep.sum())} readable pairs of {len(batch)}; check the training files "
+                            f"(causes: {list({**q_err, **p_err}.values())[:3]})")
+        hard, mask = self._hard_negative_tensor(batch, negatives, n_ok, keep)
+        temperature = self.log_temperature.exp()
+        loss = info_nce(queries[keep], positives[keep], temperature, hard, mask, symmetric=cfg.symmetric)
+        return loss, int(keep.sum()), len(q_err) + len(p_err) + len(n_err)
+
+    def _hard_negative_tensor(self, batch, negatives, n_ok, keep):
+        h = self.config.hard_negatives
+        if negatives is None or h == 0:
+            return None, None
+        dim = negatives.size(1)
+        hard = torch.zeros(len(batch), h, dim, device=negatives.device)
+        mask = torch.zeros(len(batch), h, dtype=torch.bool, device=negatives.device)
+        cursor = 0
+        for i, ex in enumerate(batch):
+            n = min(h, len(ex.negatives))
+            if n:
+                hard[i, :n] = negatives[cursor:cursor + n]
+                mask[i, :n] = n_ok[cursor:cursor + n]
+            cursor += n
+        return hard[keep], mask[keep]
+
+    def _autocast(self):
+        if self.config.precision != "bf16":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.model.device.type, dtype=torch.bfloat16)
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+    def _checkpoint(self, step: int, losses) -> None:
+        if self.world.is_main:
+            run_state.save_state(self.run_dir, step, self.trained, self.optimizer, self.scheduler,
+                                 {"config_digest": self.config_digest(), "losses": losses}, self.config.keep_checkpoints)
+        barrier(self.world)
+
+    def _resume(self) -> tuple[int, int | None]:
+        self._resumed_losses: list[tuple[int, float]] = []
+        latest = run_state.latest_checkpoint(self.run_dir)
+        if latest is None:
+            return 0, None
+        info = json.loads((latest / "state.json").read_text())
+        if info.get("config_digest") != self.config_digest():
+            raise OmniError(f"{latest} was written with other training settings; remove {self.run_dir / run_state.CHECKPOINTS} "
+                            "to start over, or rerun with the settings it was started with")
+        info = run_state.load_state(latest, self.trained, self.optimizer, self.scheduler)
+        self._resumed_losses = [tuple(x) for x in info.get("losses", [])]
+        log.info("resuming from %s", latest)
+        return int(info["step"]), int(info["step"])
+
+    def config_digest(self) -> str:
+        payload = self.config.model_dump(exclude={"checkpoint_every", "keep_checkpoints", "log_every"})
+        payload["world_size"] = self.world.size
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def warmup_cosine(config: TrainConfig):
+    """Learning-rate multiplier: linear warm-up to 1, then cosine decay to 0 at the last step."""
+    warmup = int(round(config.warmup_ratio * config.steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, config.steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def batch_mix(schedule: BatchSchedule, number: int) -> dict[str, int]:
+    return modality_mix(schedule.batch(number))

@@ -1,0 +1,123 @@
+"""Training pairs and the order they are drawn in.
+
+The order is a pure function of (seed, batch number, rank): a resumed run draws exactly the batches
+an uninterrupted run would have, and data-parallel ranks draw disjoint slices of one global stream.
+"""
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from omnisdk.datasets.format import Dataset, TrainExample
+from omnisdk.errors import OmniError
+
+
+def pair_modality(example: TrainExample) -> str:
+    """The modality a pair trains: its non-text side (text-to-text pairs train text)."""
+    for item in (example.positive, example.query):
+        if item.modality and item.modality != "text":
+            return item.modality
+    return "text"
+
+
+@dataclass
+class PairPool:
+    """Training pairs grouped by the modality they train."""
+
+    by_modality: dict[str, list[TrainExample]]
+
+    @classmethod
+    def from_dataset(cls, dataset: Dataset, *, tasks: Iterable[str] | None = None,
+                     modalities: Iterable[str] | None = None) -> "PairPool":
+        tasks = set(tasks) if tasks is not None else None
+        modalities = set(modalities) if modalities is not None else None
+        grouped: dict[str, list[TrainExample]] = {}
+        for example in dataset.train_examples():
+            modality = pair_modality(example)
+            if (tasks is None or example.task in tasks) and (modalities is None or modality in modalities):
+                grouped.setdefault(modality, []).append(example)
+        if not grouped:
+            raise OmniError(f"{dataset.root} has no training pairs for tasks {sorted(tasks or [])} "
+                            f"and modalities {sorted(modalities or [])}")
+        return cls(dict(sorted(grouped.items())))
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.by_modality.values())
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.by_modality)
+
+
+class BatchSchedule:
+    """Which pairs make batch number `b` on rank `r`.
+
+    Without quotas, all pairs form one stream: a fresh seeded permutation per epoch, cut into
+    consecutive slices. With quotas (modality -> share), each modality has its own such stream and
+    every batch takes round(share x batch size) pairs from each, the largest remainders breaking ties,
+    so a batch holds each modality at its quota whatever the modalities' pool sizes.
+    """
+
+    def __init__(self, pool: PairPool, batch_size: int, seed: int, quotas: dict[str, float] | None = None,
+                 world_size: int = 1):
+        self.pool, self.batch_size, self.seed, self.world_size = pool, batch_size, seed, world_size
+        if quotas is not None:
+            unknown = set(quotas) - set(pool.modalities)
+            if unknown:
+                raise OmniError(f"quotas name modalities with no training pairs: {sorted(unknown)} "
+                                f"(pairs exist for: {', '.join(pool.modalities)})")
+        self.counts = per_batch_counts(quotas, batch_size) if quotas else None
+        self._flat = [ex for group in pool.by_modality.values() for ex in group]
+
+    def batch(self, number: int, rank: int = 0) -> list[TrainExample]:
+        """Global batch `number` is split over ranks; each rank gets its own `batch_size` pairs."""
+        slot = number * self.world_size + rank
+        if self.counts is None:
+            return [self._flat[i] for i in _stream_slice(len(self._flat), self.seed, "all", slot, self.batch_size)]
+        out: list[TrainExample] = []
+        for modality, count in self.counts.items():
+            group = self.pool.by_modality[modality]
+            out += [group[i] for i in _stream_slice(len(group), self.seed, modality, slot, count)]
+        return out
+
+
+def per_batch_counts(quotas: dict[str, float], batch_size: int) -> dict[str, int]:
+    """Pairs per modality in one batch: shares scaled to batch_size, largest remainders rounded up."""
+    positive = {m: float(q) for m, q in quotas.items() if q > 0}
+    if not positive:
+        raise OmniError(f"quotas {quotas} give no modality a positive share")
+    total = sum(positive.values())
+    exact = {m: batch_size * q / total for m, q in sorted(positive.items())}
+    counts = {m: int(np.floor(v)) for m, v in exact.items()}
+    for m in sorted(exact, key=lambda m: (-(exact[m] - counts[m]), m))[: batch_size - sum(counts.values())]:
+        counts[m] += 1
+    return {m: c for m, c in counts.items() if c > 0}
+
+
+def _stream_slice(size: int, seed: int, name: str, slot: int, count: int) -> list[int]:
+    """Positions slot*count .. slot*count+count-1 of an endless stream of seeded permutations of range(size)."""
+    start = slot * count
+    out: list[int] = []
+    while len(out) < count:
+        epoch, offset = divmod(start + len(out), size)
+        permutation = _permutation(size, seed, name, epoch)
+        out += permutation[offset: offset + count - len(out)].tolist()
+    return out
+
+
+@lru_cache(maxsize=16)
+def _permutation(size: int, seed: int, name: str, epoch: int) -> np.ndarray:
+    digest = hashlib.sha256(f"{seed}:{name}:{epoch}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little")).permutation(size)
+
+
+def modality_mix(batch: Sequence[TrainExample]) -> dict[str, int]:
+    """How many pairs of each modality a batch holds (for logs and the quota test)."""
+    mix: dict[str, int] = {}
+    for example in batch:
+        mix[pair_modality(example)] = mix.get(pair_modality(example), 0) + 1
+    return mix

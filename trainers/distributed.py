@@ -1,0 +1,64 @@
+"""Data parallelism across processes (torchrun or accelerate launch), CPU (gloo) or CUDA (nccl).
+
+Gradients are averaged with one all-reduce per parameter after backward: every rank then applies
+the same update and the weights stay identical without wrapping the model in DDP (whose forward
+hook the model's per-modality entry points would bypass).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_world() -> World:
+    """Join the process group the launcher set up (WORLD_SIZE > 1 in the environment); else a world of one."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return World()
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+    return World(rank=dist.get_rank(), size=dist.get_world_size(), local_rank=local_rank)
+
+
+def device_for(world: World) -> torch.device:
+    return torch.device(f"cuda:{world.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def average_gradients(parameters, world: World) -> None:
+    if world.size <= 1:
+        return
+    for p in parameters:
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad /= world.size
+
+
+def average_scalar(value: float, world: World) -> float:
+    if world.size <= 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return float(t.item()) / world.size
+
+
+def barrier(world: World) -> None:
+    if world.size > 1:
+        dist.barrier()

@@ -1,0 +1,140 @@
+"""The training stages of decouple-fuse-recover, each from a checkpoint directory to a new one.
+
+    specialist   base -> one modality's pairs; backbone + that plugin's adapters train
+    recovery     fused -> one modality's pairs; only what the plugin's recovery plan names trains
+    rehearsal    recovered -> every modality at a set quota, low learning rate
+    joint        base -> all modalities mixed (the multi-task baseline the method is compared with)
+
+Each writes a complete checkpoint whose lineage names its parent's fingerprint, the stage, the
+data hash and the settings, and keeps resumable state under OUT/run/ until it finishes.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from omnisdk import checkpoint as ckpt
+from omnisdk.datasets.format import Dataset, load_dataset
+from omnisdk.errors import OmniError
+from omnisdk.trainers.config import TrainConfig
+from omnisdk.trainers.contrastive import ContrastiveTrainer, TrainResult
+from omnisdk.trainers.data import PairPool
+from omnisdk.trainers.distributed import World, barrier, device_for, init_world
+
+RUN_DIR = "run"
+
+
+def train_specialist(base: str | Path, plugin: str, data: str | Path | Dataset, out: str | Path,
+                     overrides: dict[str, Any] | None = None, *, show_progress: bool | None = None) -> TrainResult:
+    """Train the `plugin` specialist: backbone and the plugin's (and its dependencies') adapters."""
+    from omnisdk.model import OmniModel
+
+    world = init_world()
+    model = OmniModel.load(base, device=device_for(world))
+    if plugin not in model.plugins:
+        raise OmniError(f"the base model has no '{plugin}' plugin (it has: {', '.join(model.plugins)})")
+    defaults = model.plugins[plugin].training
+    config = _config(
+        {"learning_rate": defaults.learning_rate, "steps": defaults.steps, "batch_size": defaults.batch_size,
+         "temperature": defaults.temperature, "warmup_ratio": defaults.warmup_ratio,
+         "trainable": ["backbone.*", *[f"adapters.{m}.*" for m in _with_dependencies(model, plugin)]]},
+        overrides)
+    dataset = _dataset(data)
+    pool = PairPool.from_dataset(dataset, tasks=config.tasks, modalities=[plugin])
+    return _run(model, pool, config, out, world, stage="specialist", parent=base, dataset=dataset,
+                extra={"plugin": plugin}, show_progress=show_progress)
+
+
+def recover(model_dir: str | Path, plugin: str, data: str | Path | Dataset, out: str | Path,
+            overrides: dict[str, Any] | None = None, *, show_progress: bool | None = None) -> TrainResult:
+    """Repair `plugin` after fusion: the recovery plan's parameters train, every other keeps its bits."""
+    from omnisdk.model import OmniModel
+
+    world = init_world()
+    model = OmniModel.load(model_dir, device=device_for(world))
+    plan = model.recovery_plan(plugin)
+    if plan is None:
+        raise OmniError(f"plugin '{plugin}' declares no recovery (its fusion metadata says recovery does not apply)")
+    defaults = model.plugins[plugin].training
+    config = _config({"learning_rate": plan.learning_rate, "steps": plan.steps, "batch_size": defaults.batch_size,
+                      "temperature": defaults.temperature, "trainable": plan.trainable, "warmup_ratio": 0.1}, overrides)
+    if config.lora is not None:
+        raise OmniError("recovery trains the plan's parameters in full; remove the lora setting")
+    dataset = _dataset(data)
+    pool = PairPool.from_dataset(dataset, tasks=config.tasks, modalities=[plugin])
+    return _run(model, pool, config, out, world, stage="recovery", parent=model_dir, dataset=dataset,
+                extra={"plugin": plugin, "plan": plan.model_dump()}, show_progress=show_progress)
+
+
+def rehearse(model_dir: str | Path, data: str | Path | Dataset, out: str | Path,
+             overrides: dict[str, Any] | None = None, *, show_progress: bool | None = None) -> TrainResult:
+    """Short balanced multi-modal training: each modality with pairs gets an equal share of every batch."""
+    from omnisdk.model import OmniModel
+
+    world = init_world()
+    model = OmniModel.load(model_dir, device=device_for(world))
+    dataset = _dataset(data)
+    pool = PairPool.from_dataset(dataset, modalities=list(model.plugins))
+    config = _config({"learning_rate": 1e-5, "steps": 100, "batch_size": 32, "warmup_ratio": 0.1,
+                      "quotas": {m: 1.0 for m in pool.modalities}}, overrides)
+    pool = PairPool.from_dataset(dataset, tasks=config.tasks, modalities=list(model.plugins))
+    return _run(model, pool, config, out, world, stage="rehearsal", parent=model_dir, dataset=dataset,
+                extra={}, show_progress=show_progress)
+
+
+def train_joint(base: str | Path, data: str | Path | Dataset, out: str | Path,
+                overrides: dict[str, Any] | None = None, *, show_progress: bool | None = None) -> TrainResult:
+    """The multi-task baseline: the base trained on every modality's pairs mixed, everything trainable."""
+    from omnisdk.model import OmniModel
+
+    world = init_world()
+    model = OmniModel.load(base, device=device_for(world))
+    dataset = _dataset(data)
+    pool = PairPool.from_dataset(dataset, modalities=list(model.plugins))
+    config = _config({"learning_rate": 5e-5, "steps": 200, "batch_size": 32}, overrides)
+    return _run(model, pool, config, out, world, stage="joint", parent=base, dataset=dataset, extra={},
+                show_progress=show_progress)
+
+
+def _run(model, pool: PairPool, config: TrainConfig, out: str | Path, world: World, *, stage: str,
+         parent: str | Path, dataset: Dataset, extra: dict[str, Any], show_progress: bool | None) -> TrainResult:
+    out = Path(out)
+    if (out / ckpt.MANIFEST).is_file():
+        raise OmniError(f"{out} already holds a finished checkpoint; choose another --out or remove it")
+    parent_manifest = ckpt.read_manifest(Path(parent))
+    trainer = ContrastiveTrainer(model, pool, config, out / RUN_DIR, world=world, show_progress=show_progress)
+    result = trainer.train()
+    model._fingerprint = None  # the weights changed
+    result.fingerprint = model.fingerprint
+    lineage = ckpt.Lineage(
+        stage=stage, parents=[parent_manifest.fingerprint], method="contrastive", data_hash=dataset.content_hash(),
+        settings={**config.model_dump(), **extra, "world_size": world.size,
+                  "pairs": {m: len(v) for m, v in pool.by_modality.items()}},
+        metrics={"final_loss": result.final_loss, "seconds": result.seconds, "pairs_seen": result.pairs_seen,
+                 "skipped_items": result.skipped_items, "losses": result.losses},
+    )
+    if world.is_main:
+        model.save(out, lineage=lineage)
+        shutil.rmtree(out / RUN_DIR, ignore_errors=True)  # finished: resumable state is no longer needed
+    barrier(world)
+    return result
+
+
+def _config(defaults: dict[str, Any], overrides: dict[str, Any] | None) -> TrainConfig:
+    return TrainConfig(**{**defaults, **(overrides or {})})
+
+
+def _dataset(data: str | Path | Dataset) -> Dataset:
+    return data if isinstance(data, Dataset) else load_dataset(data)
+
+
+def _with_dependencies(model, plugin: str) -> list[str]:
+    """The plugin and every plugin it uses (video uses image's vision tower), transitively."""
+    out, pending = [], [plugin]
+    while pending:
+        name = pending.pop()
+        if name not in out:
+            out.append(name)
+            pending += list(model.plugins[name].uses)
+    return out
