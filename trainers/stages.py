@@ -122,7 +122,13 @@ def _run(model, pool: PairPool, config: TrainConfig, out: str | Path, world: Wor
 
 
 def _config(defaults: dict[str, Any], overrides: dict[str, Any] | None) -> TrainConfig:
-    return TrainConfig(**{**defaults, **(overrides or {})})
+    from pydantic import ValidationError
+
+    try:
+        return TrainConfig(**{**defaults, **(overrides or {})})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+        raise OmniError(f"bad training settings: {problems}") from None
 
 
 def _dataset(data: str | Path | Dataset) -> Dataset:
