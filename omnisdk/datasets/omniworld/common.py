@@ -28,7 +28,7 @@ class Sample:
     captions: list[str]  # texts that describe it; captions[0] is the canonical one (the x2t corpus text)
     locator: dict[str, Any] | None = None  # {"page": 2} for a PDF page
     queries: list[str] = field(default_factory=list)  # extra query texts (questions about a page); default: captions
-    label: str | None = None  # class name for classification tasks ("seven", "rising buzzy")
+    label: str | None = None  # class name for classification tasks ("seven", "rising buzzy tones")
     attributes: dict[str, Any] = field(default_factory=dict)  # what generated it: for hard negatives and held-out checks
 
 
@@ -49,3 +49,16 @@ class DomainSettings:
 
 def relpath(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
+
+
+def held_out_pairs(rng: np.random.Generator, firsts: tuple[str, ...], seconds: tuple[str, ...],
+                   count: int = 4) -> list[tuple[str, str]]:
+    """`count` (first, second) pairs that share no first and no second value.
+
+    Every held-out pair's parts are then still seen in training in other combinations, which is
+    what makes the held-out split a test of composition rather than of unseen words.
+    """
+    count = min(count, len(firsts), len(seconds))
+    chosen_firsts = rng.permutation(len(firsts))[:count]
+    chosen_seconds = rng.permutation(len(seconds))[:count]
+    return sorted((firsts[i], seconds[j]) for i, j in zip(chosen_firsts, chosen_seconds))

@@ -112,16 +112,3 @@ def nearest_colour(rgb: np.ndarray | tuple[float, float, float]) -> str:
     rgb = np.asarray(rgb, dtype=np.float32)
     palette = {**COLOURS, **{f"tint:{k}": v for k, v in TINTS.items()}}
     return min(palette, key=lambda name: float(np.sum((np.asarray(palette[name], np.float32) - rgb) ** 2)))
-
-
-def held_out_pairs(rng: np.random.Generator, firsts: tuple[str, ...], seconds: tuple[str, ...],
-                   count: int = 4) -> list[tuple[str, str]]:
-    """`count` (first, second) pairs that share no first and no second value.
-
-    Every held-out pair's parts are then still seen in training in other combinations, which is
-    what makes the held-out split a test of composition rather than of unseen words.
-    """
-    count = min(count, len(firsts), len(seconds))
-    chosen_firsts = rng.permutation(len(firsts))[:count]
-    chosen_seconds = rng.permutation(len(seconds))[:count]
-    return sorted((firsts[i], seconds[j]) for i, j in zip(chosen_firsts, chosen_seconds))

@@ -19,7 +19,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from omnisdk.datasets.omniworld.common import SPLITS, DomainSettings, Sample, relpath
-from omnisdk.datasets.omniworld.draw import COLOURS, SHAPES, add_noise, held_out_pairs, make_background, render
+from omnisdk.datasets.omniworld.common import held_out_pairs
+from omnisdk.datasets.omniworld.draw import COLOURS, SHAPES, add_noise, make_background, render
 
 DOMAIN = "scenes"
 IMAGE_SIZE = 128
