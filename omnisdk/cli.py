@@ -50,6 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.set_defaults(func=cmd_info)
 
+    p = sub.add_parser("fuse", help="fuse specialists of one base: merge shared task vectors, copy owned parameters")
+    p.add_argument("--base", required=True, type=Path, help="the base checkpoint every specialist was trained from")
+    p.add_argument("--specialist", required=True, type=Path, action="append", help="a specialist checkpoint; repeat per specialist")
+    p.add_argument("--method", required=True, help="a registered merge method: task_arithmetic, ties, dare_ties, dare_linear, ...")
+    p.add_argument("--weights", help="comma-separated weights, one per --specialist, in order (default: all 1)")
+    p.add_argument("--density", type=float, default=1.0, help="fraction of each task vector kept by ties and dare (default 1)")
+    p.add_argument("--lambda", dest="lam", type=float, default=1.0, help="scale of the merged task vector (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of dare's random drops (default 0)")
+    p.add_argument("--out", required=True, type=Path, help="new checkpoint directory to write")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_fuse)
+
     p = sub.add_parser("datasets", help="generate and check datasets")
     dsub = p.add_subparsers(dest="datasets_command", metavar="ACTION")
     dsub.required = True
@@ -65,6 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("path", type=Path)
     check.add_argument("--json", action="store_true")
     check.set_defaults(func=cmd_datasets_check)
+
+    from omnisdk.trainers.commands import add_commands as add_training_commands
+
+    add_training_commands(sub)
+
+    from omnisdk.eval.commands import register_eval_commands
+
+    register_eval_commands(sub)
 
     from omnisdk.plugin_manager import get_plugin_manager
 
@@ -248,6 +268,21 @@ def cmd_info(args: argparse.Namespace) -> int:
     print()
     print(markdown_table(["modality", "version", "package", "config"],
                          [[p.name, p.version, p.package, json.dumps(p.config, sort_keys=True)[:80]] for p in manifest.plugins]))
+    return 0
+
+
+def cmd_fuse(args: argparse.Namespace) -> int:
+    from omnisdk.fusion import fuse
+
+    weights = None
+    if args.weights:
+        try:
+            weights = [float(w) for w in args.weights.split(",")]
+        except ValueError:
+            raise OmniError(f"--weights {args.weights!r} is not a comma-separated list of numbers, e.g. 1,0.5") from None
+    report = fuse(args.base, args.specialist, method=args.method, out=args.out, weights=weights,
+                  density=args.density, lam=args.lam, seed=args.seed, progress=False if args.json else None)
+    print(json.dumps(report.as_dict(), indent=2) if args.json else report.markdown())
     return 0
 
 

@@ -125,14 +125,17 @@ class Dataset:
                 raise DatasetError(f"{where}: bad training example: {exc}") from exc
 
     def content_hash(self) -> str:
-        """The hash recorded by the generator, else a hash of the four index files."""
-        if self.meta.get("hash"):
-            return str(self.meta["hash"])
-        digest = hashlib.sha256()
-        for name in (CORPUS, QUERIES, *(f"{QRELS_DIR}/{s}.tsv" for s in self.splits)):
+        """sha256 of the index files (corpus, queries, qrels, train) and the generator's recorded hash.
+
+        The generator's hash covers every media file as written; the index files are hashed again
+        here, so a dataset edited after generation gets a new hash (media edited in place do not:
+        re-run `omnisdk datasets check` for that).
+        """
+        digest = hashlib.sha256(str(self.meta.get("hash", "")).encode())
+        for name in (CORPUS, QUERIES, TRAIN, *(f"{QRELS_DIR}/{s}.tsv" for s in self.splits)):
             p = self.root / name
             if p.exists():
-                digest.update(name.encode() + b"\0" + p.read_bytes())
+                digest.update(b"\0" + name.encode() + b"\0" + hashlib.sha256(p.read_bytes()).digest())
         return digest.hexdigest()
 
 
@@ -156,7 +159,7 @@ def load_dataset(root: str | Path, *, known_modalities: set[str] | None = None, 
             if meta.get("tasks"):
                 raise DatasetError(f"{q.where}: task '{q.task}' is not declared in {DATASET_JSON} (declared: {', '.join(sorted(tasks))})")
             tasks[q.task] = _infer_task(q, corpus)
-    qrels = {p.stem: _read_qrels(p, root, queries, corpus) for p in sorted((root / QRELS_DIR).glob("*.tsv"))}
+    qrels = {p.stem: _read_qrels(p, queries, corpus) for p in sorted((root / QRELS_DIR).glob("*.tsv"))}
     if not qrels:
         raise DatasetError(f"{root / QRELS_DIR}: no <split>.tsv files")
     return Dataset(root=root, meta=meta, tasks=tasks, corpus=corpus, queries=queries, qrels=qrels)
@@ -228,7 +231,7 @@ def _check_path(root: Path, record: Record, where: str) -> None:
         raise DatasetError(f"{where}: file not found: {record.path}")
 
 
-def _read_qrels(path: Path, root: Path, queries: dict[str, Record], corpus: dict[str, Record]) -> dict[str, dict[str, int]]:
+def _read_qrels(path: Path, queries: dict[str, Record], corpus: dict[str, Record]) -> dict[str, dict[str, int]]:
     judged: dict[str, dict[str, int]] = {}
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
