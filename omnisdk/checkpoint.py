@@ -64,10 +64,15 @@ def fingerprint(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
     """sha256 over (name, dtype, shape, bytes) of every tensor in name order: the weights' identity."""
     digest = hashlib.sha256()
     for name, tensor in sorted(tensors, key=lambda kv: kv[0]):
-        t = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        update_fingerprint(digest, name, tensor)
     return digest.hexdigest()
+
+
+def update_fingerprint(digest: Any, name: str, tensor: torch.Tensor) -> None:
+    """Add one tensor to a running fingerprint; callers feed tensors in name order (streaming writers)."""
+    t = tensor.detach().to("cpu").contiguous()
+    digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+    digest.update(t.reshape(-1).view(torch.uint8).numpy().data)
 
 
 def weights_fingerprint(path: Path) -> str:

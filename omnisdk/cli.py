@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_training_commands(sub)
 
+    from omnisdk.pipeline.commands import add_commands as add_pipeline_commands
+
+    add_pipeline_commands(sub)
+
     from omnisdk.eval.commands import register_eval_commands
 
     register_eval_commands(sub)

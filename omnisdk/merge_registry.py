@@ -1,4 +1,4 @@
-"""Built-in merge methods register here; the fusion issue fills the registry (task arithmetic, TIES, DARE)."""
+"""Built-in merge methods register here, through the same hook as a third party's."""
 from __future__ import annotations
 
 from omnisdk.hookspecs import hookimpl
@@ -6,4 +6,8 @@ from omnisdk.hookspecs import hookimpl
 
 @hookimpl
 def omnisdk_register_merge_methods(register):
-    """No built-in methods yet: fusion lands with the decouple-fuse-recover issue."""
+    """task_arithmetic, ties, dare_ties, dare_linear: see omnisdk.fusion.methods for the calling convention."""
+    from omnisdk.fusion.methods import BUILTIN_METHODS
+
+    for name, method in BUILTIN_METHODS.items():
+        register(name, method)

@@ -54,6 +54,22 @@ class FusionSpec(BaseModel):
         raise ValueError(f"parameter '{relative_name}' matches neither shared {self.shared} nor owned {self.owned}")
 
 
+def parameter_owner(name: str, fusion: dict[str, FusionSpec]) -> tuple[str, str]:
+    """(owner, kind) of a model parameter: ("backbone", "shared") or (modality, "shared" | "owned").
+
+    `fusion` maps each of the model's modalities to its plugin's FusionSpec; fusion uses this without
+    building a model, OmniModel.parameter_owner with its own plugins.
+    """
+    if name.startswith("backbone."):
+        return "backbone", "shared"
+    if name.startswith("adapters."):
+        modality, _, relative = name[len("adapters.") :].partition(".")
+        if modality not in fusion:
+            raise ValueError(f"parameter '{name}' belongs to modality '{modality}', which the model lacks")
+        return modality, fusion[modality].owner_kind(relative)
+    raise ValueError(f"parameter '{name}' belongs to neither the backbone nor an adapter")
+
+
 class TrainingDefaults(BaseModel):
     """A modality's default specialist-training settings; a user config overrides any of them."""
 

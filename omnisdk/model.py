@@ -16,7 +16,15 @@ from omnisdk import checkpoint as ckpt
 from omnisdk.backbone import BackboneSpec, Pooling, build_from_spec, load_pretrained, pool, spec_of, special_token_frame
 from omnisdk.errors import ItemError, ItemErrors, ModalityDetectionError, OmniError
 from omnisdk.items import Item, as_item
-from omnisdk.modality import BuildContext, ModalityPlugin, Prepared, RecoveryPlan, Runtime, TokenEmbeddings
+from omnisdk.modality import (
+    BuildContext,
+    ModalityPlugin,
+    Prepared,
+    RecoveryPlan,
+    Runtime,
+    TokenEmbeddings,
+    parameter_owner,
+)
 from omnisdk.plugin_manager import get_modality, get_plugin_manager, modality_classes
 
 log = logging.getLogger(__name__)
@@ -172,12 +180,7 @@ class OmniModel(nn.Module):
 
     def parameter_owner(self, name: str) -> tuple[str, str]:
         """(owner, kind) of a parameter: ("backbone", "shared") or (modality, "shared" | "owned")."""
-        if name.startswith("backbone."):
-            return "backbone", "shared"
-        if name.startswith("adapters."):
-            modality, _, relative = name[len("adapters.") :].partition(".")
-            return modality, self.plugins[modality].fusion.owner_kind(relative)
-        raise ValueError(f"parameter '{name}' belongs to neither the backbone nor an adapter")
+        return parameter_owner(name, {m: p.fusion for m, p in self.plugins.items()})
 
     def recovery_plan(self, modality: str) -> RecoveryPlan | None:
         """What trains when `modality` is repaired after fusion: a hook's answer, else the plugin's default."""

@@ -1,0 +1,43 @@
+"""Fuse specialists into one model: task vectors of shared parameters merged, owned ones copied.
+
+    from omnisdk.fusion import fuse
+    report = fuse("base/", ["text-specialist/", "audio-specialist/"], method="ties", density=0.5, out="fused/")
+    print(report.markdown())
+
+Steps: `plan_fusion` checks everything from manifests and headers before writing anything;
+`run_fusion` streams tensor by tensor into a new checkpoint. Merge methods live in
+`omnisdk.fusion.methods` and are looked up by name through `omnisdk.plugin_manager.merge_methods()`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from omnisdk.fusion.plan import FusionError, FusionPlan, plan_fusion
+from omnisdk.fusion.report import FusionReport
+
+__all__ = ["FusionError", "FusionPlan", "FusionReport", "fuse", "plan_fusion", "run_fusion"]
+
+
+def fuse(
+    base: str | Path,
+    specialists: Sequence[str | Path],
+    *,
+    method: str,
+    out: str | Path,
+    weights: Sequence[float] | None = None,
+    density: float = 1.0,
+    lam: float = 1.0,
+    seed: int = 0,
+    progress: bool | None = None,
+) -> FusionReport:
+    """Plan (refusing bad inputs before writing anything), then write the fused checkpoint to `out`."""
+    plan = plan_fusion(base, specialists, method=method, out=out, weights=weights, density=density, lam=lam, seed=seed)
+    return run_fusion(plan, progress=progress)
+
+
+def run_fusion(plan: FusionPlan, *, progress: bool | None = None, verify: bool = True) -> FusionReport:
+    """Write the checkpoint a plan describes (see omnisdk.fusion.engine)."""
+    from omnisdk.fusion.engine import run_fusion as run
+
+    return run(plan, progress=progress, verify=verify)

@@ -1,0 +1,139 @@
+"""Run a fusion plan one tensor at a time: read, merge or copy, write, fingerprint.
+
+Memory stays at a few tensors of one parameter times the number of specialists: inputs are read
+tensor by tensor (safetensors.safe_open), the output streams to disk (StreamingWriter), and nothing
+holds a whole model. The output is built in a hidden sibling directory and renamed into place last,
+so a failed or interrupted fusion leaves no half checkpoint at --out.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import time
+from contextlib import ExitStack
+
+import torch
+
+from omnisdk import checkpoint as ckpt
+from omnisdk.checkpoint import update_fingerprint
+from omnisdk.fusion.methods import generator_for
+from omnisdk.fusion.plan import FusionError, FusionPlan, ParameterPlan
+from omnisdk.fusion.report import FusionReport
+from omnisdk.fusion.stream import StreamingWriter
+
+
+def run_fusion(plan: FusionPlan, *, progress: bool | None = None, verify: bool = True) -> FusionReport:
+    """Write the fused checkpoint that `plan` describes; `verify` checks every input's fingerprint on the way."""
+    from safetensors import safe_open
+
+    from omnisdk.plugin_manager import merge_methods
+
+    method = merge_methods()[plan.method]
+    report = FusionReport.start(plan)
+    started = time.perf_counter()
+    staging = plan.out.parent / f".{plan.out.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        inputs = [plan.base] + [s.checkpoint for s in plan.specialists]
+        digests = [hashlib.sha256() for _ in inputs]
+        entries = [(p.name, *plan.base.tensors[p.name]) for p in plan.parameters]
+        with ExitStack() as stack:
+            files = [stack.enter_context(safe_open(str(c.weights), framework="pt")) for c in inputs]
+            writer = stack.enter_context(StreamingWriter(staging / ckpt.WEIGHTS, entries))
+            for param in _progress(plan.parameters, progress):
+                merged = _fuse_one(plan, method, param, files, digests if verify else None, report)
+                writer.write(param.name, merged)
+                del merged
+        if verify:
+            _check_fingerprints(inputs, digests)
+        fingerprint = writer.fingerprint
+        shutil.copytree(plan.base.path / ckpt.TOKENIZER_DIR, staging / ckpt.TOKENIZER_DIR)
+        manifest = plan.base.manifest.model_copy(deep=True)
+        manifest.fingerprint = fingerprint
+        manifest.lineage = _lineage(plan)
+        ckpt.write_manifest(staging, manifest)
+        if plan.out.exists():
+            plan.out.rmdir()  # the plan allowed only an empty directory
+        os.replace(staging, plan.out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    report.finish(fingerprint, time.perf_counter() - started)
+    return report
+
+
+def _fuse_one(plan: FusionPlan, method, param: ParameterPlan, files, digests, report: FusionReport) -> torch.Tensor:
+    """One output tensor. Each specialist's tensor becomes its delta in place, so at most the base and
+    one tensor per specialist are held, plus what the method allocates."""
+    base = _read(files[0], param.name, digests, 0)
+    if param.action == "keep":
+        for i in range(1, len(files)):
+            _read(files[i], param.name, digests, i)  # read for the fingerprint check only
+        report.count(param, base)
+        return base
+    if param.action == "copy":
+        chosen = None
+        for i in range(1, len(files)):
+            tensor = _read(files[i], param.name, digests, i)
+            if i - 1 == param.source:
+                chosen = tensor
+        report.count(param, base, owned_delta=(param.source, chosen.float() - base.float()))
+        return chosen
+    base32 = base.float()
+    deltas = []
+    for i in range(1, len(files)):
+        tensor = _read(files[i], param.name, digests, i)
+        deltas.append(tensor.sub_(base32) if tensor.dtype == torch.float32 else tensor.float() - base32)
+    combined = method(deltas, weights=[s.weight for s in plan.specialists], density=plan.density,
+                      generator=generator_for(plan.seed, param.name))
+    if not isinstance(combined, torch.Tensor) or combined.shape != base.shape:
+        got = getattr(combined, "shape", type(combined).__name__)
+        raise FusionError(f"merge method '{plan.method}' returned {got} for '{param.name}' of shape {list(base.shape)}: "
+                          "it must return a tensor of the parameter's shape")
+    update = combined.float() * plan.lam
+    del combined
+    report.count(param, base, deltas=deltas, update=update)
+    del deltas
+    return update.add_(base32).to(base.dtype)
+
+
+def _read(fh, name: str, digests, index: int) -> torch.Tensor:
+    tensor = fh.get_tensor(name)
+    if digests is not None:
+        update_fingerprint(digests[index], name, tensor)
+    return tensor
+
+
+def _check_fingerprints(inputs, digests) -> None:
+    for c, digest in zip(inputs, digests):
+        if digest.hexdigest() != c.fingerprint:
+            raise FusionError(
+                f"{c.weights} does not match the fingerprint in its manifest: "
+                "the weights were changed or damaged after saving"
+            )
+
+
+def _lineage(plan: FusionPlan) -> ckpt.Lineage:
+    specialists = []
+    for s in plan.specialists:
+        lineage = s.checkpoint.manifest.lineage
+        specialists.append({"path": str(s.checkpoint.path), "plugin": s.plugin, "fingerprint": s.checkpoint.fingerprint,
+                            "weight": s.weight, "steps": lineage.settings.get("steps"), "data_hash": lineage.data_hash})
+    return ckpt.Lineage(
+        stage="fused",
+        parents=[plan.base.fingerprint] + [s.checkpoint.fingerprint for s in plan.specialists],
+        method=plan.method,
+        coefficients={"weights": [s.weight for s in plan.specialists], "density": plan.density,
+                      "lambda": plan.lam, "seed": plan.seed},
+        settings={"base": plan.base.fingerprint, "specialists": specialists},
+    )
+
+
+def _progress(parameters, show: bool | None):
+    from tqdm.auto import tqdm
+
+    if show is None:
+        show = sys.stderr.isatty()
+    return tqdm(parameters, desc="fuse", unit="tensor", disable=not show)

@@ -1,0 +1,40 @@
+"""CLI: `omnisdk pipeline run CONFIG --out DIR` and `omnisdk pipeline presets`."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pipeline", help="run decouple-fuse-recover end to end and report every stage")
+    psub = p.add_subparsers(dest="pipeline_command", metavar="ACTION")
+    psub.required = True
+    run = psub.add_parser("run", help="run (or resume) a pipeline; finished stages are skipped")
+    run.add_argument("config", help="a preset (tiny, small, full) or a TOML file")
+    run.add_argument("--out", required=True, type=Path)
+    run.add_argument("--fresh", action="store_true", help="remove an earlier run in --out first")
+    run.set_defaults(func=cmd_pipeline_run)
+    show = psub.add_parser("show", help="print a preset's or file's settings as TOML-equivalent JSON")
+    show.add_argument("config")
+    show.set_defaults(func=cmd_pipeline_show)
+
+
+def cmd_pipeline_run(args: argparse.Namespace) -> int:
+    from omnisdk.pipeline.config import load_config
+    from omnisdk.pipeline.runner import Pipeline, clean
+
+    config = load_config(args.config)
+    if args.fresh:
+        clean(args.out)
+    Pipeline(config, args.out, say=lambda line: print(line, file=sys.stderr, flush=True)).run()
+    print((args.out / "report.md").read_text())
+    print(f"wrote {args.out / 'report.md'}, {args.out / 'report.json'}, {args.out / 'report.png'}")
+    return 0
+
+
+def cmd_pipeline_show(args: argparse.Namespace) -> int:
+    from omnisdk.pipeline.config import load_config
+
+    print(load_config(args.config).model_dump_json(indent=2))
+    return 0

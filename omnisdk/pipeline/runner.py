@@ -1,0 +1,214 @@
+"""`omnisdk pipeline run`: every stage of decouple-fuse-recover, each written to its own directory.
+
+    OUT/data/                  OmniWorld, generated unless the config names a dataset
+    OUT/base/                  the base model
+    OUT/specialists/<plugin>/  one specialist per plugin
+    OUT/fused/                 task-vector fusion of the specialists (owned modules copied)
+    OUT/drift.json|md          the Projector Drift check on the dev split
+    OUT/recovered/<plugin>/    Projector Recovery, one plugin after the other (the last is "recovered")
+    OUT/rehearsed/             short balanced multi-modal rehearsal
+    OUT/joint/                 the multi-task baseline: base trained on everything, same total steps
+    OUT/evals/<stage>.json     test-split evaluation of each stage
+    OUT/report.json|md|png     the stage table
+
+A stage whose checkpoint (or report) exists is skipped; a training stage killed part-way resumes
+from its last checkpoint. Rerunning the same command therefore finishes an interrupted run.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from omnisdk import checkpoint as ckpt
+from omnisdk.datasets.format import Dataset, load_dataset
+from omnisdk.errors import OmniError
+from omnisdk.eval.report import EvalReport
+from omnisdk.pipeline.config import PipelineConfig
+from omnisdk.pipeline.drift import DriftReport, check_drift
+
+log = logging.getLogger(__name__)
+
+
+class Pipeline:
+    def __init__(self, config: PipelineConfig, out: str | Path, *, say: Callable[[str], None] = print,
+                 show_progress: bool | None = None):
+        self.config, self.out, self.say, self.show_progress = config, Path(out), say, show_progress
+        self.timings: dict[str, float] = {}
+        self.skipped: list[str] = []
+
+    # -- stages -------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.json").write_text(self.config.model_dump_json(indent=2))
+        dataset = self._stage("data", self._data)
+        base = self._stage("base", self._base)
+        specialists = {p: self._stage(f"specialist:{p}", lambda p=p: self._specialist(base, p, dataset))
+                       for p in self.config.specialists}
+        fused = self._stage("fuse", lambda: self._fuse(base, specialists))
+        drift = self._stage("drift", lambda: self._drift(specialists, fused, dataset))
+        recovered = self._stage("recover", lambda: self._recover(fused, drift, dataset))
+        rehearsed = self._stage("rehearse", lambda: self._rehearse(recovered, dataset))
+        joint = self._stage("joint", lambda: self._joint(base, dataset))
+        stages = {"base": base, **{f"specialist:{p}": d for p, d in specialists.items()}, "fused": fused,
+                  "recovered": recovered, "rehearsed": rehearsed, "joint": joint}
+        reports = {name: self._stage(f"eval:{name}", lambda n=name, d=path: self._evaluate(n, d, dataset))
+                   for name, path in stages.items()}
+        from omnisdk.pipeline.report import write_report
+
+        return write_report(self.out, self.config, reports, drift, self.timings, self.skipped)
+
+    def _stage(self, name: str, work: Callable[[], Any]) -> Any:
+        start = time.perf_counter()
+        self.say(f"[{name}] ...")
+        result = work()
+        self.timings[name] = round(time.perf_counter() - start, 2)
+        return result
+
+    def _done(self, directory: Path, name: str) -> bool:
+        if (directory / ckpt.MANIFEST).is_file():
+            self.skipped.append(name)
+            self.say(f"[{name}] done already: {directory}")
+            return True
+        return False
+
+    def _data(self) -> Dataset:
+        settings = self.config.data
+        if settings.path is not None:
+            return load_dataset(settings.path)
+        root = self.out / "data"
+        meta_path = root / "dataset.json"
+        if meta_path.is_file():
+            meta = json.loads(meta_path.read_text())
+            if meta.get("size") == settings.omniworld_size and meta.get("seed") == settings.seed:
+                self.skipped.append("data")
+                return load_dataset(root)
+        from omnisdk.datasets.omniworld.build import make_omniworld
+
+        make_omniworld(root, seed=settings.seed, size=settings.omniworld_size, overwrite=True)
+        return load_dataset(root)
+
+    def _base(self) -> Path:
+        if self.config.base_model is not None:
+            return self.config.base_model
+        directory = self.out / "base"
+        if not self._done(directory, "base"):
+            from omnisdk.presets import build_base
+
+            build_base(self.config.base_preset).save(directory)
+        return directory
+
+    def _specialist(self, base: Path, plugin: str, dataset: Dataset) -> Path:
+        from omnisdk.trainers.stages import train_specialist
+
+        directory = self.out / "specialists" / plugin
+        if not self._done(directory, f"specialist:{plugin}"):
+            result = train_specialist(base, plugin, dataset, directory, self.config.specialist_settings(plugin),
+                                      show_progress=self.show_progress)
+            self.say(f"[specialist:{plugin}] {result.steps} steps, loss {result.final_loss:.4f}, {result.seconds:.0f} s")
+        return directory
+
+    def _fuse(self, base: Path, specialists: dict[str, Path]) -> Path:
+        from omnisdk.fusion import fuse
+
+        directory = self.out / "fused"
+        if not self._done(directory, "fuse"):
+            f = self.config.fusion
+            weights = [f.weights.get(p, 1.0) for p in specialists]
+            report = fuse(base, list(specialists.values()), method=f.method, out=directory, weights=weights,
+                          density=f.density, lam=f.scale, seed=f.seed, progress=self.show_progress)
+            (self.out / "fusion.md").write_text(report.markdown() + "\n")
+        return directory
+
+    def _drift(self, specialists: dict[str, Path], fused: Path, dataset: Dataset) -> DriftReport:
+        path = self.out / "drift.json"
+        fused_print = ckpt.read_manifest(fused).fingerprint
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            if saved.get("fused_fingerprint") == fused_print:
+                self.skipped.append("drift")
+                return DriftReport(**saved["report"])
+        d = self.config.drift
+        report = check_drift(specialists, fused, dataset, split=self.config.dev_split, threshold=d.threshold,
+                             metric=d.metric, batch_size=self.config.eval_batch_size, show_progress=self.show_progress)
+        path.write_text(json.dumps({"fused_fingerprint": fused_print, "report": report.model_dump()}, indent=2))
+        (self.out / "drift.md").write_text(report.to_markdown() + "\n")
+        self.say(report.to_markdown())
+        return report
+
+    def _recover(self, fused: Path, drift: DriftReport, dataset: Dataset) -> Path:
+        """Recover the flagged plugins (or every plugin where recovery applies) one after the other."""
+        from omnisdk.trainers.stages import recover
+
+        candidates = [p for p in drift.plugins if p.recovery_available]
+        chosen = [p.plugin for p in candidates if p.flagged or not self.config.drift.only_flagged]
+        current = fused
+        for plugin in chosen:
+            directory = self.out / "recovered" / plugin
+            if not self._done(directory, f"recover:{plugin}"):
+                result = recover(current, plugin, dataset, directory, {**self.config.train, **self.config.recovery},
+                                 show_progress=self.show_progress)
+                self.say(f"[recover:{plugin}] {result.steps} steps, loss {result.final_loss:.4f}")
+            current = directory
+        if not chosen:
+            self.say("[recover] no plugin needs recovery: the recovered model is the fused one")
+        return current
+
+    def _rehearse(self, recovered: Path, dataset: Dataset) -> Path:
+        from omnisdk.trainers.stages import rehearse
+
+        directory = self.out / "rehearsed"
+        if not self._done(directory, "rehearse"):
+            rehearse(recovered, dataset, directory, {**self.config.train, **self.config.rehearsal},
+                     show_progress=self.show_progress)
+        return directory
+
+    def _joint(self, base: Path, dataset: Dataset) -> Path:
+        from omnisdk.trainers.stages import train_joint
+
+        directory = self.out / "joint"
+        if not self._done(directory, "joint"):
+            settings = {**self.config.train, **self.config.joint}
+            if "steps" not in self.config.joint and self.config.joint_matches_specialist_steps:
+                settings["steps"] = self._specialist_steps_total()
+            train_joint(base, dataset, directory, settings, show_progress=self.show_progress)
+        return directory
+
+    def _specialist_steps_total(self) -> int:
+        from omnisdk.model import OmniModel  # noqa: F401  (plugins' defaults need the registry)
+        from omnisdk.plugin_manager import get_modality
+
+        total = 0
+        for plugin in self.config.specialists:
+            settings = self.config.specialist_settings(plugin)
+            total += int(settings.get("steps", get_modality(plugin).training.steps))
+        return total
+
+    def _evaluate(self, name: str, directory: Path, dataset: Dataset) -> EvalReport:
+        from omnisdk.eval.runner import evaluate
+        from omnisdk.model import OmniModel
+
+        path = self.out / "evals" / f"{name.replace(':', '-')}.json"
+        fingerprint = ckpt.read_manifest(directory).fingerprint
+        if path.is_file():
+            saved = EvalReport.from_json(path)
+            if saved.model_fingerprint == fingerprint and saved.dataset_hash == dataset.content_hash():
+                self.skipped.append(f"eval:{name}")
+                return saved
+        model = OmniModel.load(directory)
+        report = evaluate(model, dataset, split=self.config.eval_split, batch_size=self.config.eval_batch_size,
+                          show_progress=self.show_progress, label=name)
+        report.to_json(path)
+        return report
+
+
+def clean(out: str | Path) -> None:
+    """Remove a pipeline output directory (for `--fresh`)."""
+    out = Path(out)
+    if out.exists():
+        if not (out / "config.json").is_file():
+            raise OmniError(f"{out} does not look like a pipeline output (no config.json); not removing it")
+        shutil.rmtree(out)

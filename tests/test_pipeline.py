@@ -1,0 +1,107 @@
+"""`omnisdk pipeline run`: every stage on the tiny preset, the stage table, resume after a real kill."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from omnisdk.cli import main
+from omnisdk.pipeline.config import PRESETS, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ["base", "specialist:image", "specialist:video", "specialist:document", "specialist:audio",
+          "fused", "recovered", "rehearsed", "joint"]
+# The tiny preset with fewer steps: the same stages, a third of the time.
+QUICK = """
+name = "quick"
+base_preset = "tiny"
+[data]
+omniworld_size = "tiny"
+[train]
+batch_size = 6
+checkpoint_every = 2
+learning_rate = 1e-3
+[specialist.image]
+steps = 6
+[specialist.video]
+steps = 4
+[specialist.document]
+steps = 4
+[specialist.audio]
+steps = 12
+[fusion]
+method = "ties"
+density = 0.5
+[recovery]
+steps = 4
+learning_rate = 3e-3
+[rehearsal]
+steps = 3
+learning_rate = 1e-4
+[joint]
+steps = 8
+"""
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_presets_load(name):
+    config = load_config(name)
+    assert config.specialists == ["image", "video", "document", "audio"]
+
+
+def test_bad_config_is_one_line_naming_the_field(tmp_path, capsys):
+    path = tmp_path / "bad.toml"
+    path.write_text('[fusion]\ndensity = 3\n')
+    assert main(["pipeline", "run", str(path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "fusion.density" in err and len(err.strip().splitlines()) == 1
+
+
+def test_pipeline_runs_every_stage_resumes_after_a_kill_and_skips_finished_stages(tmp_path, capsys):
+    config = tmp_path / "quick.toml"
+    config.write_text(QUICK)
+    out = tmp_path / "run"
+    # A real kill: the first run dies once the audio specialist has its first checkpoint.
+    proc = subprocess.Popen([sys.executable, "-m", "omnisdk", "pipeline", "run", str(config), "--out", str(out)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = out / "specialists" / "audio" / "run" / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(marker.glob("step-*")) and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "report.md").exists(), "the run finished before it could be killed"
+
+    assert main(["pipeline", "run", str(config), "--out", str(out)]) == 0
+    summary = json.loads((out / "report.json").read_text())
+    assert list(summary["stages"]) == STAGES
+    assert {"specialist:image", "specialist:video", "specialist:document"} <= set(summary["skipped_stages"])
+    audio = json.loads((out / "specialists" / "audio" / "omnisdk.json").read_text())
+    assert audio["lineage"]["stage"] == "specialist"
+    for stage, report in summary["stages"].items():
+        assert len(report["tasks"]) == 10, stage
+        for task in report["tasks"]:
+            assert all(0.0 <= v <= 1.0 for v in task["metrics"].values() if v is not None), (stage, task["task"])
+    fused = json.loads((out / "fused" / "omnisdk.json").read_text())["lineage"]
+    assert fused["stage"] == "fused" and len(fused["parents"]) == 5  # base + four specialists
+    joint = json.loads((out / "joint" / "omnisdk.json").read_text())["lineage"]
+    assert joint["settings"]["steps"] == 8
+    drift = summary["drift"]["plugins"]
+    assert {p["plugin"] for p in drift} == {"image", "video", "document", "audio"}
+    assert [p["recovery_available"] for p in drift if p["plugin"] == "audio"] == [True]
+    markdown = (out / "report.md").read_text()
+    for stage in STAGES:
+        assert f"| {stage} |" in markdown
+    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # Everything is done: a third run redoes nothing and reports the same numbers.
+    capsys.readouterr()
+    assert main(["pipeline", "run", str(config), "--out", str(out)]) == 0
+    again = json.loads((out / "report.json").read_text())
+    assert set(again["skipped_stages"]) >= {"base", "fuse", "rehearse", "joint", *(f"eval:{s}" for s in STAGES)}
+    assert again["stages"] == summary["stages"]
