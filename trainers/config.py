@@ -25,6 +25,9 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(32, ge=2)  # in-batch negatives need at least two pairs
     grad_accumulation: int = Field(1, ge=1)
     learning_rate: float = Field(5e-5, gt=0)
+    #: learning rate of adapter parameters (towers, projectors); None: learning_rate. Freshly
+    #: initialised towers need a larger step than a pretrained backbone.
+    adapter_learning_rate: float | None = Field(None, gt=0)
     weight_decay: float = 0.01
     warmup_ratio: float = Field(0.1, ge=0, le=1)
     max_grad_norm: float | None = 1.0

@@ -70,7 +70,7 @@ class ContrastiveTrainer:
         if config.learn_temperature:
             trained["_log_temperature"] = self.log_temperature
         self.trained = trained
-        self.optimizer = torch.optim.AdamW(list(trained.values()), lr=config.learning_rate,
+        self.optimizer = torch.optim.AdamW(self._param_groups(trained), lr=config.learning_rate,
                                            weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(config))
         self.schedule = BatchSchedule(pool, config.batch_size, config.seed, config.quotas, self.world.size)
@@ -92,6 +92,15 @@ class ContrastiveTrainer:
             raise OmniError(f"no parameter matches trainable={patterns}; parameter names start with "
                             "'backbone.' or 'adapters.<modality>.'")
         return chosen
+
+    def _param_groups(self, trained: dict[str, torch.nn.Parameter]) -> list[dict[str, Any]]:
+        """One group, or two when adapters get their own learning rate (backbone and temperature, adapters)."""
+        rate = self.config.adapter_learning_rate
+        if rate is None:
+            return [{"params": list(trained.values())}]
+        adapters = [p for n, p in trained.items() if n.startswith("adapters.")]
+        others = [p for n, p in trained.items() if not n.startswith("adapters.")]
+        return [g for g in ({"params": others}, {"params": adapters, "lr": rate}) if g["params"]]
 
     # -- the loop -------------------------------------------------------------------------------------
     def train(self) -> TrainResult:

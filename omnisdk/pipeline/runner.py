@@ -149,7 +149,7 @@ class Pipeline:
         for plugin in chosen:
             directory = self.out / "recovered" / plugin
             if not self._done(directory, f"recover:{plugin}"):
-                result = recover(current, plugin, dataset, directory, {**self.config.train, **self.config.recovery},
+                result = recover(current, plugin, dataset, directory, self._settings(self.config.recovery),
                                  show_progress=self.show_progress)
                 self.say(f"[recover:{plugin}] {result.steps} steps, loss {result.final_loss:.4f}")
             current = directory
@@ -157,12 +157,17 @@ class Pipeline:
             self.say("[recover] no plugin needs recovery: the recovered model is the fused one")
         return current
 
+    def _settings(self, stage: dict[str, Any]) -> dict[str, Any]:
+        """[train] then the stage's table; a low-rate stage does not inherit the adapters' larger rate."""
+        shared = {k: v for k, v in self.config.train.items() if k != "adapter_learning_rate"}
+        return {**shared, **stage}
+
     def _rehearse(self, recovered: Path, dataset: Dataset) -> Path:
         from omnisdk.trainers.stages import rehearse
 
         directory = self.out / "rehearsed"
         if not self._done(directory, "rehearse"):
-            rehearse(recovered, dataset, directory, {**self.config.train, **self.config.rehearsal},
+            rehearse(recovered, dataset, directory, self._settings(self.config.rehearsal),
                      show_progress=self.show_progress)
         return directory
 
