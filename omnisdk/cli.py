@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from omnisdk import __version__
+from omnisdk.tables import markdown_table  # noqa: F401  (re-exported: older imports)
 from omnisdk.errors import OmniError
 
 EXIT_ERROR = 2
@@ -339,16 +340,6 @@ def _print_dataset_summary(path: Path, dataset=None) -> None:
     print(markdown_table(list(rows[0]), [list(r.values()) for r in rows]) if rows else "no tasks")
     train = sum(1 for _ in dataset.train_examples())
     print(f"\ncorpus {len(dataset.corpus)} items, {len(dataset.queries)} queries, {train} training pairs")
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    """A GitHub Markdown table; pipes inside cells are escaped."""
-    def cell(value: Any) -> str:
-        return str(value).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -59,7 +59,8 @@ class ContrastiveTrainer:
         self.model, self.pool, self.config = model, pool, config
         self.run_dir = Path(run_dir)
         self.world = world or World()
-        self.show_progress = sys.stderr.isatty() if show_progress is None else show_progress
+        # None: a live bar on a terminal, a line every 30 s in a log file; False: silent.
+        self.show_progress = show_progress
         torch.manual_seed(config.seed)
         if config.lora is not None:
             attach_lora(model, config.lora)
@@ -113,8 +114,9 @@ class ContrastiveTrainer:
         self.model.train()
         started = time.perf_counter()
         pairs = 0
-        bar = tqdm(total=cfg.steps, initial=start_step, desc="train", unit="step",
-                   disable=not (self.show_progress and self.world.is_main))
+        bar = tqdm(total=cfg.steps, initial=start_step, desc="train", unit="step", file=sys.stderr,
+                   mininterval=0.1 if sys.stderr.isatty() else 30.0,
+                   disable=self.show_progress is False or not self.world.is_main)
         loss_value = float("nan")
         for step in range(start_step, cfg.steps):
             self.optimizer.zero_grad(set_to_none=True)

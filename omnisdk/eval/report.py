@@ -101,7 +101,7 @@ class EvalReport(BaseModel):
 
     def to_markdown(self) -> str:
         """A title line, one table (tasks, modality means, macro mean) and notes on skips and failures."""
-        from omnisdk.cli import markdown_table
+        from omnisdk.tables import markdown_table
 
         by_task = {t.task: t for t in self.tasks}
         header = ["task", "modality", "queries", "candidates", *(COLUMN_TITLES[m] for m in METRICS), "chance"]
@@ -169,7 +169,7 @@ def compare(reports: Sequence[EvalReport], labels: Sequence[str] | None = None, 
     For comparing stages (base, specialists, fused, recovered). A note says when the reports were
     measured on different datasets or splits, which makes the columns incomparable.
     """
-    from omnisdk.cli import markdown_table
+    from omnisdk.tables import markdown_table
 
     labels = _labels(reports, labels)
     if metric not in AVERAGED:

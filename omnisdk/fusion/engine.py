@@ -13,6 +13,7 @@ import shutil
 import sys
 import time
 from contextlib import ExitStack
+from pathlib import Path
 
 import torch
 
@@ -34,6 +35,7 @@ def run_fusion(plan: FusionPlan, *, progress: bool | None = None, verify: bool =
     report = FusionReport.start(plan)
     started = time.perf_counter()
     staging = plan.out.parent / f".{plan.out.name}.partial-{os.getpid()}"
+    _remove_dead_staging(plan.out)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
@@ -62,6 +64,24 @@ def run_fusion(plan: FusionPlan, *, progress: bool | None = None, verify: bool =
         shutil.rmtree(staging, ignore_errors=True)
     report.finish(fingerprint, time.perf_counter() - started)
     return report
+
+
+def _remove_dead_staging(out: Path) -> None:
+    """Staging directories that a killed fusion left behind (their process is gone)."""
+    for stale in out.parent.glob(f".{out.name}.partial-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _fuse_one(plan: FusionPlan, method, param: ParameterPlan, files, digests, report: FusionReport) -> torch.Tensor:

@@ -94,7 +94,7 @@ class FusionReport:
 
     def markdown(self) -> str:
         """A short Markdown summary: one row per owner, a task-vector norm column per specialist."""
-        from omnisdk.cli import markdown_table
+        from omnisdk.tables import markdown_table
 
         labels = self._labels()
         header = ["owner", "merged", "copied", "kept"] + [f"‖τ {label}‖" for label in labels] + ["‖update‖"]

@@ -43,7 +43,7 @@ class DriftReport(BaseModel):
         return [p.plugin for p in self.plugins if p.flagged]
 
     def to_markdown(self) -> str:
-        from omnisdk.cli import markdown_table
+        from omnisdk.tables import markdown_table
 
         rows = [[p.plugin, ", ".join(p.tasks), f"{p.specialist:.3f}", f"{p.fused:.3f}", f"{p.delta:+.3f}",
                  "" if p.mean_cosine is None else f"{p.mean_cosine:.3f}", "yes" if p.flagged else "no",

@@ -64,7 +64,7 @@ def _claim(what: str, before: float | None, after: float | None) -> dict[str, An
 
 def write_report(out: Path, config: PipelineConfig, reports: dict[str, EvalReport], drift: DriftReport,
                  timings: dict[str, float], skipped: list[str]) -> dict[str, Any]:
-    from omnisdk.cli import markdown_table
+    from omnisdk.tables import markdown_table
 
     summary = {
         "config": config.model_dump(mode="json"),
