@@ -14,16 +14,13 @@ libx264 runs on one thread, and the MP4 muxer is bitexact, with no creation time
 """
 from __future__ import annotations
 
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
-from omnisdk.datasets.omniworld.common import SPLITS, DomainSettings, Sample, relpath
-from omnisdk.datasets.omniworld.common import held_out_pairs
+from omnisdk.datasets.omniworld.common import DomainSettings, Sample, held_out_pairs, relpath, write_each
 from omnisdk.datasets.omniworld.draw import COLOURS, SHAPES, make_background, render
 
 DOMAIN = "clips"
@@ -63,19 +60,14 @@ def generate(root: Path, settings: DomainSettings, *, size: int = FRAME_SIZE, fr
     """Write clips/<split>/<id>.mp4 for every split in `settings.counts`; samples sorted by id."""
     held = clip_held_out(settings)
     codec = _codec()
-    total = sum(settings.counts.get(split, 0) for split in SPLITS)
-    samples: list[Sample] = []
-    with tqdm(total=total, desc=DOMAIN, unit="clip", disable=not sys.stderr.isatty(), leave=False) as bar:
-        for split in SPLITS:
-            folder = root / DOMAIN / split
-            folder.mkdir(parents=True, exist_ok=True)
-            for index in range(settings.counts.get(split, 0)):
-                spec = clip_spec(settings, split, index, held=held, size=size)
-                path = folder / f"{spec['id']}.mp4"
-                write_mp4(path, render_frames(spec, frames), codec=codec)
-                samples.append(_sample(spec, split, relpath(path, root)))
-                bar.update()
-    return sorted(samples, key=lambda s: s.id)
+
+    def write_one(split: str, index: int, folder: Path) -> Sample:
+        spec = clip_spec(settings, split, index, held=held, size=size)
+        path = folder / f"{spec['id']}.mp4"
+        write_mp4(path, render_frames(spec, frames), codec=codec)
+        return _sample(spec, split, relpath(path, root))
+
+    return write_each(root, settings, DOMAIN, "clip", write_one)
 
 
 def clip_spec(settings: DomainSettings, split: str, index: int, *, held: list[tuple[str, str]] | None = None,

@@ -6,9 +6,10 @@ corpus, queries, qrels and training pairs; domains know nothing about those file
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 
@@ -49,6 +50,24 @@ class DomainSettings:
 
 def relpath(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
+
+
+def write_each(root: Path, settings: DomainSettings, domain: str, unit: str,
+               write_one: Callable[[str, int, Path], Sample]) -> list[Sample]:
+    """Call `write_one(split, index, folder)` for every item of every split, in a fixed order, with a
+    progress bar on a terminal; returns the samples sorted by id."""
+    from tqdm import tqdm
+
+    total = sum(settings.counts.get(split, 0) for split in SPLITS)
+    samples: list[Sample] = []
+    with tqdm(total=total, desc=domain, unit=unit, disable=not sys.stderr.isatty(), leave=False) as bar:
+        for split in SPLITS:
+            folder = root / domain / split
+            folder.mkdir(parents=True, exist_ok=True)
+            for index in range(settings.counts.get(split, 0)):
+                samples.append(write_one(split, index, folder))
+                bar.update()
+    return sorted(samples, key=lambda s: s.id)
 
 
 def held_out_pairs(rng: np.random.Generator, firsts: tuple[str, ...], seconds: tuple[str, ...],

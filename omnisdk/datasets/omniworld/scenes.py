@@ -10,16 +10,13 @@ every dev and test scene holds at least one of them.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
-from omnisdk.datasets.omniworld.common import SPLITS, DomainSettings, Sample, relpath
-from omnisdk.datasets.omniworld.common import held_out_pairs
+from omnisdk.datasets.omniworld.common import DomainSettings, Sample, held_out_pairs, relpath, write_each
 from omnisdk.datasets.omniworld.draw import COLOURS, SHAPES, add_noise, make_background, render
 
 DOMAIN = "scenes"
@@ -50,19 +47,14 @@ def scene_held_out(settings: DomainSettings) -> list[tuple[str, str]]:
 def generate(root: Path, settings: DomainSettings, *, size: int = IMAGE_SIZE) -> list[Sample]:
     """Write scenes/<split>/<id>.png for every split in `settings.counts`; samples sorted by id."""
     held = scene_held_out(settings)
-    total = sum(settings.counts.get(split, 0) for split in SPLITS)
-    samples: list[Sample] = []
-    with tqdm(total=total, desc=DOMAIN, unit="img", disable=not sys.stderr.isatty(), leave=False) as bar:
-        for split in SPLITS:
-            folder = root / DOMAIN / split
-            folder.mkdir(parents=True, exist_ok=True)
-            for index in range(settings.counts.get(split, 0)):
-                spec = scene_spec(settings, split, index, held=held, size=size)
-                path = folder / f"{spec['id']}.png"
-                Image.fromarray(spec["pixels"]).save(path, format="PNG")
-                samples.append(_sample(spec, split, relpath(path, root)))
-                bar.update()
-    return sorted(samples, key=lambda s: s.id)
+
+    def write_one(split: str, index: int, folder: Path) -> Sample:
+        spec = scene_spec(settings, split, index, held=held, size=size)
+        path = folder / f"{spec['id']}.png"
+        Image.fromarray(spec["pixels"]).save(path, format="PNG")
+        return _sample(spec, split, relpath(path, root))
+
+    return write_each(root, settings, DOMAIN, "img", write_one)
 
 
 def scene_spec(settings: DomainSettings, split: str, index: int, *, held: list[tuple[str, str]] | None = None,

@@ -17,15 +17,13 @@ train; every dev and test sound is one of them (its class fixes the timbre, the 
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import soundfile as sf
-from tqdm import tqdm
 
-from omnisdk.datasets.omniworld.common import SPLITS, DomainSettings, Sample, held_out_pairs, relpath
+from omnisdk.datasets.omniworld.common import DomainSettings, Sample, held_out_pairs, relpath, write_each
 
 DOMAIN = "sounds"
 SAMPLE_RATE = 16_000
@@ -64,19 +62,14 @@ def sound_held_out(settings: DomainSettings) -> list[tuple[str, str]]:
 def generate(root: Path, settings: DomainSettings) -> list[Sample]:
     """Write sounds/<split>/<id>.wav for every split in `settings.counts`; samples sorted by id."""
     held = sound_held_out(settings)
-    total = sum(settings.counts.get(split, 0) for split in SPLITS)
-    samples: list[Sample] = []
-    with tqdm(total=total, desc=DOMAIN, unit="sound", disable=not sys.stderr.isatty(), leave=False) as bar:
-        for split in SPLITS:
-            folder = root / DOMAIN / split
-            folder.mkdir(parents=True, exist_ok=True)
-            for index in range(settings.counts.get(split, 0)):
-                spec = sound_spec(settings, split, index, held=held)
-                path = folder / f"{spec['id']}.wav"
-                sf.write(path, spec["samples"], SAMPLE_RATE, subtype="PCM_16", format="WAV")
-                samples.append(_sample(spec, split, relpath(path, root)))
-                bar.update()
-    return sorted(samples, key=lambda s: s.id)
+
+    def write_one(split: str, index: int, folder: Path) -> Sample:
+        spec = sound_spec(settings, split, index, held=held)
+        path = folder / f"{spec['id']}.wav"
+        sf.write(path, spec["samples"], SAMPLE_RATE, subtype="PCM_16", format="WAV")
+        return _sample(spec, split, relpath(path, root))
+
+    return write_each(root, settings, DOMAIN, "sound", write_one)
 
 
 def class_of(settings: DomainSettings, split: str, index: int) -> str:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import shutil
 import subprocess
-import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -26,9 +25,8 @@ from typing import Any
 
 import numpy as np
 import soundfile as sf
-from tqdm import tqdm
 
-from omnisdk.datasets.omniworld.common import SPLITS, DomainSettings, Sample, relpath
+from omnisdk.datasets.omniworld.common import DomainSettings, Sample, relpath, write_each
 from omnisdk.errors import OmniError
 
 DOMAIN = "spoken"
@@ -52,22 +50,17 @@ def generate(root: Path, settings: DomainSettings) -> list[Sample]:
     if espeak is None:
         warnings.warn(MISSING, stacklevel=2)
         return []
-    total = sum(settings.counts.get(split, 0) for split in SPLITS)
-    samples: list[Sample] = []
-    with tempfile.TemporaryDirectory(prefix="omniworld-spoken-") as scratch, \
-            tqdm(total=total, desc=DOMAIN, unit="word", disable=not sys.stderr.isatty(), leave=False) as bar:
-        for split in SPLITS:
-            folder = root / DOMAIN / split
-            folder.mkdir(parents=True, exist_ok=True)
-            for index in range(settings.counts.get(split, 0)):
-                spec = spoken_spec(settings, split, index)
-                speech, rate = speak(espeak, spec["attributes"], Path(scratch) / "word.wav")
-                path = folder / f"{spec['id']}.wav"
-                sf.write(path, finish(speech, rate, settings.rng(f"{DOMAIN}:{split}:{index}:audio")),
-                         SAMPLE_RATE, subtype="PCM_16", format="WAV")
-                samples.append(_sample(spec, split, relpath(path, root)))
-                bar.update()
-    return sorted(samples, key=lambda s: s.id)
+    with tempfile.TemporaryDirectory(prefix="omniworld-spoken-") as scratch:
+
+        def write_one(split: str, index: int, folder: Path) -> Sample:
+            spec = spoken_spec(settings, split, index)
+            speech, rate = speak(espeak, spec["attributes"], Path(scratch) / "word.wav")
+            path = folder / f"{spec['id']}.wav"
+            sf.write(path, finish(speech, rate, settings.rng(f"{DOMAIN}:{split}:{index}:audio")),
+                     SAMPLE_RATE, subtype="PCM_16", format="WAV")
+            return _sample(spec, split, relpath(path, root))
+
+        return write_each(root, settings, DOMAIN, "word", write_one)
 
 
 def digit_of(settings: DomainSettings, split: str, index: int) -> int:
