@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_training_commands(sub)
 
+    from omnisdk.demo import add_commands as add_demo_commands
+
+    add_demo_commands(sub)
+
     from omnisdk.pipeline.commands import add_commands as add_pipeline_commands
 
     add_pipeline_commands(sub)
@@ -90,6 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     from omnisdk.eval.commands import register_eval_commands
 
     register_eval_commands(sub)
+
+    from omnisdk.search.commands import add_commands as add_search_commands
+
+    add_search_commands(sub)
+
+    from omnisdk.apps.commands import add_commands as add_app_commands
+
+    add_app_commands(sub)
 
     from omnisdk.plugin_manager import get_plugin_manager
 

@@ -4,6 +4,10 @@ Each video becomes `num_frames` frames sampled at the centres of equal time slic
 file, or of its locator's [t0, t1] span. Every frame goes through the image plugin's adapter
 (`ImageAdapter.encode_pixels`, pooled to `frame_token_grid`), and a learned temporal position is
 added to every token of a frame. `chunk` cuts long videos into `segment_seconds` windows.
+
+FFmpeg (inside decord and PyAV) parses hostile input in C: decoding and probing run in a child
+process (`omnisdk.isolation.IsolatedRunner`), so a crash, a hang (`timeout_s`) or a runaway
+allocation (`max_memory_mb`) costs the one item in flight, never the batch or the caller.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from pydantic import Field
 from torch import nn
 
 from omnisdk.hookspecs import hookimpl
+from omnisdk.isolation import IsolatedRunner, IsolationError
 from omnisdk.items import Item, Locator
 from omnisdk.modality import (
     BuildContext,
@@ -64,6 +69,12 @@ class VideoConfig(PluginConfig):
     max_pixels: int = Field(16_777_216, ge=1)
     #: PyAV fallback: frames it may decode for one item (bounds the work on files with rare keyframes).
     max_decode_frames: int = Field(5_000, ge=1)
+    #: decode in a child process; False decodes in this process (faster to debug, not crash-safe).
+    isolate: bool = True
+    #: seconds one item's decoding (or one probe) may take before its child process is killed.
+    timeout_s: float = Field(120.0, gt=0)
+    #: address space the decoding child may grow by, in MiB (Linux); None: no limit.
+    max_memory_mb: int | None = Field(4096, ge=64)
 
 
 class VideoError(ValueError):
@@ -323,24 +334,36 @@ class VideoPlugin(ModalityPlugin):
         def load(item: Item) -> torch.Tensor:
             if item.path is None:
                 raise VideoError(f"a video item needs a file path, got {type(item.data).__name__}")
-            frames = read_frames(item.path, item.locator, self.config)
+            try:
+                frames = runner.run(read_frames, Path(item.path), item.locator, self.config)
+            except IsolationError as exc:
+                raise VideoError(f"cannot decode video '{Path(item.path).name}': {exc}") from None
             return torch.stack([image_to_tensor(frame, size, adapter.mean, adapter.std) for frame in frames])
 
         # Only decoding failures are per item; anything else is a bug and should surface as one.
-        tensors, ok, errors = run_per_item(items, load, errors_of=(VideoError, OSError))
+        with self.runner() as runner:
+            tensors, ok, errors = run_per_item(items, load, errors_of=(VideoError, OSError))
         batch = {"frames": torch.stack(tensors)} if tensors else None
         return Prepared(batch=batch, ok=ok, errors=errors)
 
     def build_adapter(self, ctx: BuildContext) -> nn.Module:
         return VideoAdapter(self.config, ctx.hidden_size)
 
+    def runner(self) -> IsolatedRunner:
+        """A context manager that decodes videos under this plugin's isolation settings."""
+        return IsolatedRunner(
+            self.config.isolate, self.config.timeout_s, self.config.max_memory_mb,
+            what="the video decoder", preload=("decord", "av"),
+        )
+
     def chunk(self, item: Item) -> list[Item]:
         """`segment_seconds` windows over the video (or its locator span); a short one stays whole."""
         if item.path is None:
             return [item]
         try:
-            duration = probe_video(item.path).duration
-        except VideoError:
+            with self.runner() as runner:
+                duration = runner.run(probe_video, Path(item.path)).duration
+        except (VideoError, IsolationError):
             return [item]  # preprocess reports the cause for this item
         start, end = 0.0, duration
         if item.locator is not None and item.locator.t0 is not None:

@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# ffmpeg: audio/video tooling for torchaudio and users' files; espeak-ng: spoken digits in OmniWorld.
-SYSTEM_PACKAGES=(ffmpeg espeak-ng sox)
+# ffmpeg: audio/video tooling for torchaudio and users' files; espeak-ng: spoken digits in OmniWorld;
+# chromium: the app's browser tests (Playwright drives this one and downloads no browser).
+SYSTEM_PACKAGES=(ffmpeg espeak-ng sox chromium)
 if command -v apt-get >/dev/null 2>&1; then
     SUDO=""
     if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi

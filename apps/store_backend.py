@@ -1,0 +1,103 @@
+"""The app's backend for real use: one collection of an omnisdk store, through `Indexer` and `Searcher`.
+
+One store handle, one model and one Searcher live as long as the app: Qdrant Edge allows one open
+handle per collection, so while the app runs, files are added through its Index tab (or use a
+Qdrant server, which any number of processes share).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from omnisdk.apps.backend import Hit, IndexSummary, ProgressCallback
+from omnisdk.errors import OmniError
+from omnisdk.items import Item
+
+
+class StoreBackend:
+    """`SearchBackend` over `omnisdk.search.Searcher` and `Indexer` for one collection."""
+
+    def __init__(self, store: Any, collection: str, model: Any, *, model_dir: str | Path | None = None):
+        from omnisdk.search import Indexer, Searcher
+
+        self.store = store
+        self.collection = collection
+        self.model = model
+        self.model_dir = model_dir
+        if not store.collection_exists(collection):
+            # A new collection: the Indexer creates it and records the model (and refuses nothing yet).
+            Indexer(model, store, collection, model_dir=model_dir, progress=False)
+        self.searcher = Searcher(store, collection, model)
+        self._roots = _source_dirs(store, collection)
+
+    @classmethod
+    def open(cls, collection: str, store: str | Path | None = None, model_dir: str | Path | None = None) -> StoreBackend:
+        """Open the store and the collection's model (the recorded one unless `model_dir` is given)."""
+        from omnisdk.checkpoint import read_manifest
+        from omnisdk.model import OmniModel
+        from omnisdk.store import check_fingerprint, open_store
+
+        handle = open_store(store)
+        try:
+            if handle.collection_exists(collection):
+                meta = handle.get_meta(collection)
+                model_dir = model_dir or meta.model_path
+                if model_dir is None:
+                    raise OmniError(f"collection '{collection}' does not record its model: pass --model DIR")
+                # Refuse another model from its manifest, before loading its weights.
+                check_fingerprint(meta, read_manifest(Path(model_dir)).fingerprint, collection, "search")
+            elif model_dir is None:
+                raise OmniError(
+                    f"no collection '{collection}' in {handle.location}: index files into it first "
+                    f"(omnisdk index PATH --collection {collection} --model DIR), or pass --model DIR to start it empty"
+                )
+            model = OmniModel.load(model_dir)
+            return cls(handle, collection, model, model_dir=model_dir)
+        except BaseException:
+            handle.close()
+            raise
+
+    def close(self) -> None:
+        self.store.close()
+
+    def modalities(self) -> list[str]:
+        return list(self.model.plugins)
+
+    def indexed_roots(self) -> list[Path]:
+        return list(self._roots)
+
+    def search(self, query: Item, limit: int, modalities: Sequence[str] | None) -> list[Hit]:
+        hits = self.searcher.search(query, limit=limit, modalities=list(modalities) if modalities else None)
+        return [
+            Hit(rank=h.rank, score=float(h.score), modality=h.modality, source=Path(h.source) if h.source else None,
+                locator=h.locator, text=h.payload.get("text"))
+            for h in hits
+        ]
+
+    def index_files(self, paths: Sequence[Path], progress_cb: ProgressCallback | None = None) -> IndexSummary:
+        from omnisdk.search import Indexer
+
+        def chunks_done(done: int, total: int) -> None:
+            if progress_cb is not None:
+                progress_cb(done, total, f"{done} of {total} chunks embedded")
+
+        indexer = Indexer(self.model, self.store, self.collection, model_dir=self.model_dir, progress=chunks_done)
+        report = indexer.index([Path(p) for p in paths])
+        self._roots = _source_dirs(self.store, self.collection)
+        return IndexSummary(
+            files=report.indexed + report.copied,
+            chunks=report.chunks_embedded,
+            skipped=report.unchanged + sum(report.skipped.values()),
+            failed=[(Path(e.path).name, e.cause) for e in report.errors],
+            seconds=report.seconds,
+        )
+
+
+def _source_dirs(store: Any, collection: str) -> list[Path]:
+    """The smallest set of folders holding every indexed file: the folders the app may serve from."""
+    folders = {Path(p.payload["source"]).parent for p in store.scroll(collection) if p.payload.get("source")}
+    kept: list[Path] = []
+    for folder in sorted(folders, key=lambda f: len(f.parts)):
+        if not any(folder.is_relative_to(k) for k in kept):
+            kept.append(folder)
+    return kept

@@ -1,0 +1,201 @@
+"""Run fragile decoding (FFmpeg, MuPDF: C code fed hostile files) where a crash or a hang costs one job.
+
+`IsolatedRunner` sends `fn(*args)` jobs, one at a time, to a child process that lives for the
+runner's `with` block. A job's own exception is raised again in the caller with its type and message
+(a plugin's `VideoError` stays a `VideoError`); a crash, a hang past `timeout_s` or an allocation past
+`max_memory_mb` raises the runner's `error` class with the cause, and the next job gets a fresh child.
+
+On Linux the child is forked: instant, and it inherits the caller's imports. It must only run the
+decoder and pipe I/O, never torch (a forked OpenMP pool can deadlock), so jobs return plain data
+(PIL images, bytes, numbers). Elsewhere the child is spawned. `isolate=False`, and any daemonic
+process (a DataLoader worker may not have children and is expendable itself), run jobs in-process.
+
+The document plugin has its own runner of the same design (plugins/document.py); this one is the
+shared, decoder-neutral version.
+"""
+from __future__ import annotations
+
+import faulthandler
+import importlib
+import multiprocessing
+import os
+import pickle
+import signal
+import sys
+import warnings
+from typing import Any, Callable, Sequence
+
+from omnisdk.errors import OmniError
+
+
+class IsolationError(OmniError):
+    """A job's child process crashed, hung or ran out of memory."""
+
+
+class IsolatedRunner:
+    """Runs `fn(*args)` jobs in a child process; see the module docstring."""
+
+    def __init__(
+        self,
+        isolate: bool = True,
+        timeout_s: float = 60.0,
+        max_memory_mb: int | None = None,
+        *,
+        what: str = "the decoder",
+        error: Callable[[str], BaseException] = IsolationError,
+        preload: Sequence[str] = (),
+    ):
+        self.isolate = isolate
+        self.timeout_s = timeout_s
+        self.max_memory_mb = max_memory_mb
+        self.what = what
+        self.error = error
+        self.preload = tuple(preload)
+        self._proc = None
+        self._conn = None
+
+    def __enter__(self) -> IsolatedRunner:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if not self.isolate or multiprocessing.current_process().daemon:
+            try:
+                return fn(*args)
+            except MemoryError:
+                raise self.error(f"{self.what} ran out of memory") from None
+        if self._proc is None:
+            self._start()
+        try:
+            self._conn.send((fn, args))
+        except OSError:  # the child died between jobs (killed from outside): a fresh one takes this job
+            self._stop(kill=True)
+            self._start()
+            self._conn.send((fn, args))
+        if not self._conn.poll(self.timeout_s):
+            self._stop(kill=True)
+            raise self.error(f"{self.what} took over {self.timeout_s:g} s and was stopped (a hostile file? else raise timeout_s)")
+        try:
+            status, value, text = self._conn.recv()
+        except (EOFError, OSError):
+            code = self._stop()
+            raise self.error(f"{self.what} crashed ({describe_exit(code)})") from None
+        if status == "ok":
+            return value
+        if status == "raise":
+            try:
+                exc = pickle.loads(value)
+            except Exception:  # an exception type that does not unpickle: its text still tells the cause
+                exc = None
+            if isinstance(exc, BaseException):
+                raise exc
+        raise self.error(text)
+
+    def close(self) -> None:
+        if self._proc is not None:
+            try:
+                self._conn.send(None)  # a polite stop lets the child exit by itself
+            except OSError:
+                pass
+            self._stop()
+
+    def _start(self) -> None:
+        for module in self.preload:  # imported once here, so every forked child has it already
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                pass
+        method = "fork" if sys.platform.startswith("linux") else None
+        ctx = multiprocessing.get_context(method)
+        parent, child = ctx.Pipe(duplex=True)
+        self._proc = ctx.Process(target=_serve, args=(child, parent, self.max_memory_mb, self.what), daemon=True)
+        with warnings.catch_warnings():
+            # Python 3.12+ warns on fork in a threaded process (torch's pools): the child runs the
+            # decoder and pipe I/O only, never code that could wait on a lock held by those threads.
+            warnings.filterwarnings("ignore", ".*fork\\(\\) may lead to deadlocks", DeprecationWarning)
+            self._proc.start()
+        child.close()
+        self._conn = parent
+
+    def _stop(self, kill: bool = False) -> int | None:
+        proc, conn = self._proc, self._conn
+        self._proc = self._conn = None
+        if not kill:
+            proc.join(timeout=1.0)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+        conn.close()
+        return proc.exitcode
+
+
+def _serve(conn, parent_end, max_memory_mb: int | None, what: str) -> None:
+    """The child's loop: receive (fn, args), reply ("ok", result, "") or ("raise", pickled, text), until None."""
+    parent_end.close()  # else the child never sees EOF if its parent dies
+    _close_inherited_descriptors(keep=conn.fileno())
+    # A crash here is expected and reported by the parent; an inherited faulthandler (pytest
+    # enables one) would only dump this child's Python stack to the shared stderr.
+    faulthandler.disable()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it closes the pipe
+    limit_memory(max_memory_mb)
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):
+            return
+        if job is None:
+            return
+        fn, args = job
+        try:
+            reply = ("ok", fn(*args), "")
+        except MemoryError:
+            reply = ("error", None, f"{what} ran out of memory (over max_memory_mb?)")
+        except Exception as exc:  # raised again in the parent as this job's error
+            text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            try:
+                reply = ("raise", pickle.dumps(exc), text)
+            except Exception:  # unpicklable (holds a handle): the text goes alone
+                reply = ("error", None, text)
+        conn.send(reply)
+
+
+def _close_inherited_descriptors(keep: int) -> None:
+    """Close every descriptor the fork copied (sockets, pipes, files) but stdio and our pipe.
+
+    A child holding its parent's sockets keeps connections half-open after the parent closes
+    them, and a test driver waiting for EOF on an inherited pipe waits for ever.
+    """
+    os.closerange(3, keep)
+    os.closerange(keep + 1, 1 << 16)
+
+
+def limit_memory(max_memory_mb: int | None) -> None:
+    """Cap this process's address space at what it maps now plus `max_memory_mb` (Linux)."""
+    if max_memory_mb is None:
+        return
+    try:
+        import resource
+
+        # A forked child starts with its parent's whole address space (torch maps a lot), so the
+        # limit is what it has now plus the allowance.
+        with open("/proc/self/statm") as fh:
+            current = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        limit = current + max_memory_mb * 2**20
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    except (ImportError, OSError, ValueError):
+        pass  # no /proc or no RLIMIT_AS here: the timeout still bounds a runaway file
+
+
+def describe_exit(code: int | None) -> str:
+    """'killed by SIGSEGV' or 'exit code 1' for a child's exit code."""
+    if code is not None and code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"

@@ -1,0 +1,155 @@
+"""CLI: `omnisdk index`, `omnisdk search`, `omnisdk collections`. Imports stay light: the parser is built on every call."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from omnisdk.errors import OmniError
+
+EXIT_ITEMS_FAILED = 3  # as omnisdk.cli: some files failed, the rest was done
+STORE_HELP = ("where the vectors live: a directory (Qdrant Edge, embedded; default ./.omnisdk), http(s)://HOST:PORT "
+              "(a Qdrant server; API key from QDRANT_API_KEY), :memory: or local:PATH (qdrant-client local mode)")
+QUERY_FILES = ("image", "audio", "video", "document")
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "index", help="index files and folders into a collection (re-runs skip unchanged files)",
+        description="Walk the paths (hidden files and symlinks are skipped), split each file into chunks (PDF pages, "
+        "video segments, audio windows), embed them and write them to the collection. Unchanged files are skipped, "
+        "changed ones replaced; a file that fails is logged and the rest goes on (exit 3). A killed run resumes "
+        "when run again.",
+    )
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    p.add_argument("--collection", required=True)
+    p.add_argument("--model", type=Path, help="checkpoint directory (default: the one the collection was indexed with)")
+    p.add_argument("--store", help=STORE_HELP)
+    p.add_argument("--prune", action="store_true", help="delete the points of files under PATH that no longer exist")
+    p.add_argument("--batch-size", type=int, default=32, help="chunks embedded per batch (default 32)")
+    p.add_argument("--error-log", type=Path, help="JSONL of this run's failures (default: in the store, or .omnisdk/)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser(
+        "search", help="search a collection with text or a file",
+        description="Encode the query with the collection's model (role 'query') and print the best chunks: "
+        "rank, score, modality, source and locator (page or time span).",
+    )
+    p.add_argument("text", nargs="?", help="a text query")
+    for kind in QUERY_FILES:
+        p.add_argument(f"--{kind}", type=Path, metavar="FILE", help=f"query with this {kind} file")
+    p.add_argument("--collection", required=True)
+    p.add_argument("--model", type=Path, help="checkpoint directory (default: the one the collection was indexed with)")
+    p.add_argument("--store", help=STORE_HELP)
+    p.add_argument("--limit", type=int, default=10, help="results to show (default 10)")
+    p.add_argument("--modality", action="append", metavar="M", help="only results of this modality (repeat, or comma-separate)")
+    p.add_argument("--exact", action=argparse.BooleanOptionalAction, default=None,
+                   help="score every point (--exact) or use the HNSW graph (--no-exact); default: exact up to 100k points")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("collections", help="list a store's collections: points, dimension, model")
+    p.add_argument("--store", help=STORE_HELP)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_collections)
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from omnisdk.model import OmniModel
+    from omnisdk.search.indexer import Indexer
+    from omnisdk.store import check_fingerprint, open_store
+
+    with open_store(args.store) as store:
+        model_dir = args.model
+        if store.collection_exists(args.collection):
+            meta = store.get_meta(args.collection)
+            if model_dir is None:
+                model_dir = _recorded_model(meta, args.collection)
+            _refuse_early(meta, model_dir, args.collection, check_fingerprint)
+        elif model_dir is None:
+            raise OmniError(f"collection '{args.collection}' is new: say which model indexes it with --model DIR")
+        model = OmniModel.load(model_dir)
+        indexer = Indexer(
+            model, store, args.collection, model_dir=model_dir, batch_size=args.batch_size, error_log=args.error_log,
+            progress=False if args.no_progress or args.json else None,
+        )
+        report = indexer.index(args.paths, prune=args.prune)
+    print(json.dumps(report.as_dict(), indent=2) if args.json else report.markdown())
+    for error in report.errors:
+        print(f"omnisdk: failed: {error.path}: {error.cause}", file=sys.stderr)
+    return EXIT_ITEMS_FAILED if report.errors else 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from omnisdk.items import Item
+    from omnisdk.search.searcher import Searcher
+    from omnisdk.store import open_store
+    from omnisdk.tables import markdown_table
+
+    files = [(kind, getattr(args, kind)) for kind in QUERY_FILES if getattr(args, kind) is not None]
+    if len(files) + (args.text is not None) != 1:
+        raise OmniError("give one query: a text, or one of --image, --audio, --video, --document FILE")
+    if files:
+        kind, path = files[0]
+        if not path.is_file():
+            raise OmniError(f"no such file: {path}")
+        query = Item.of_file(path.resolve(), kind)
+    else:
+        query = Item.of_text(args.text)
+    modalities = [m.strip() for raw in args.modality or [] for m in raw.split(",") if m.strip()] or None
+    with open_store(args.store) as store:
+        searcher = Searcher(store, args.collection, model_dir=args.model, exact=args.exact)
+        hits = searcher.search(query, limit=args.limit, modalities=modalities)
+    if args.json:
+        print(json.dumps({"collection": args.collection, "query": query.label(), "hits": [h.as_dict() for h in hits]}, indent=2))
+        return 0
+    if not hits:
+        print(f"no results in collection '{args.collection}'" + (f" for modalities {', '.join(modalities)}" if modalities else ""))
+        return 0
+    print(markdown_table(["rank", "score", "modality", "source", "locator"],
+                         [[h.rank, f"{h.score:.4f}", h.modality, h.source, h.where] for h in hits]))
+    return 0
+
+
+def cmd_collections(args: argparse.Namespace) -> int:
+    from omnisdk.store import StoreLockedError, open_store
+    from omnisdk.tables import markdown_table
+
+    rows = []
+    with open_store(args.store) as store:
+        for name in store.list_collections():
+            meta = store.get_meta(name)
+            try:
+                points: int | None = store.count(name)
+            except StoreLockedError:  # being indexed right now
+                points = None
+            rows.append({"collection": name, "points": points, "dim": meta.dim, "distance": meta.distance,
+                         "fingerprint": meta.fingerprint, "model_path": meta.model_path, "created_at": meta.created_at})
+        location = store.location
+    if args.json:
+        print(json.dumps({"store": location, "collections": rows}, indent=2))
+        return 0
+    if not rows:
+        print(f"no collections in {location}")
+        return 0
+    print(markdown_table(["collection", "points", "dim", "model", "model path"],
+                         [[r["collection"], "busy" if r["points"] is None else r["points"], r["dim"], r["fingerprint"][:12],
+                           r["model_path"] or ""] for r in rows]))
+    return 0
+
+
+def _recorded_model(meta, collection: str) -> Path:
+    if not meta.model_path or not Path(meta.model_path).is_dir():
+        where = f" ({meta.model_path} is gone)" if meta.model_path else ""
+        raise OmniError(f"collection '{collection}' needs its model{where}: pass --model DIR")
+    return Path(meta.model_path)
+
+
+def _refuse_early(meta, model_dir: Path, collection: str, check_fingerprint) -> None:
+    """Another model is refused from its manifest, before its weights are loaded."""
+    from omnisdk.checkpoint import read_manifest
+
+    check_fingerprint(meta, read_manifest(model_dir).fingerprint, collection, "index into")

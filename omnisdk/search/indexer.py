@@ -1,0 +1,429 @@
+"""Indexer: folders of files -> located chunks -> vectors -> points in a store collection, resumably.
+
+    from omnisdk.model import OmniModel
+    from omnisdk.search import Indexer
+    from omnisdk.store import open_store
+
+    model = OmniModel.load("ckpt")
+    with open_store() as store:
+        report = Indexer(model, store, "photos", model_dir="ckpt").index(["~/Pictures"], prune=True)
+    print(report.markdown())
+
+What happens to each regular, non-hidden file under the roots (no symlink is followed):
+
+1. Detection through the model's plugins; a file no plugin of the model accepts is skipped
+   ("unsupported"), not an error.
+2. Unchanged files are skipped: a stored group of points with the file's size and mtime (fast
+   check), else with its sha256, that is complete (as many points as its `chunks` payload says).
+3. The plugin's `chunk` splits it (PDF pages, video segments, audio windows: the chunking that
+   `omnisdk embed --chunks` uses); chunks are embedded in batches with role "document".
+4. Its points are written, then its stale points (other content at that path) are deleted.
+
+A file whose content is already stored under another path (moved, copied) reuses those vectors.
+A file that fails (unreadable, corrupt, decoder crash or hang: PDF and video decoding run in child
+processes) is recorded with its cause in the report and in the error log (JSONL, rewritten each
+run), and indexing goes on. `prune=True` deletes the points of files under the roots that are gone.
+
+Crash safety: point ids are uuid5(sha256, source, locator) (see `point_id`), so rewriting is
+idempotent; a file's new points are written before its stale ones are deleted, and completeness is
+judged from the store itself (count of a group's points vs. its `chunks`). After a kill at any
+moment, running the same command again converges to exactly the points of a clean run.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from omnisdk.errors import ModalityDetectionError, OmniError
+from omnisdk.items import Item, Locator
+from omnisdk.search.walk import file_sha256, point_id, under, walk
+from omnisdk.store.base import Store, StoredPoint, ensure_collection, now_iso
+from omnisdk.tables import markdown_table
+
+Progress = Callable[[int, int], None]
+Event = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class FileError:
+    """One file that failed, in whole or in part: `stage` is read, chunk or embed."""
+
+    path: str
+    cause: str
+    stage: str
+    locators: list[dict[str, Any]] = field(default_factory=list)
+    failed_chunks: int = 0
+    chunks: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class IndexReport:
+    """What one `Indexer.index` run did; `errors` lists failed and partly failed files."""
+
+    collection: str
+    store: str
+    roots: list[str]
+    files: int = 0
+    indexed: int = 0
+    copied: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    partial: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    chunks_embedded: int = 0
+    points_written: int = 0
+    points_deleted: int = 0
+    pruned_files: int = 0
+    points_total: int = 0
+    seconds: float = 0.0
+    error_log: str | None = None
+    errors: list[FileError] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["skipped"] = dict(self.skipped)
+        return out
+
+    def markdown(self) -> str:
+        rows = [
+            ["files seen", self.files], ["indexed (new or changed)", self.indexed], ["copied (same content elsewhere)", self.copied],
+            ["unchanged", self.unchanged], ["failed", self.failed], ["partly failed", self.partial],
+            ["skipped", ", ".join(f"{k} {v}" for k, v in sorted(self.skipped.items())) or "0"],
+            ["chunks embedded", self.chunks_embedded], ["points written", self.points_written],
+            ["points deleted", self.points_deleted], ["files pruned", self.pruned_files],
+            ["points in collection", self.points_total], ["seconds", f"{self.seconds:.1f}"],
+        ]
+        text = markdown_table(["collection " + self.collection, self.store], rows)
+        if self.errors:
+            text += "\n\n" + markdown_table(
+                ["file", "stage", "cause"], [[e.path, e.stage, _short(e.cause)] for e in self.errors]
+            )
+            if self.error_log:
+                text += f"\n\nerrors logged to {self.error_log}"
+        return text
+
+
+@dataclass
+class _Group:
+    """The stored points of one (source, sha256)."""
+
+    chunks: int
+    size: int | None
+    mtime: float | None
+    ids: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.ids) == self.chunks
+
+
+@dataclass
+class _Job:
+    """A file to embed: its chunks, their vectors as they come, and the ids it had before."""
+
+    path: Path
+    modality: str
+    size: int
+    mtime: float
+    sha256: str
+    chunks: list[Item]
+    old_ids: set[str]
+    vectors: np.ndarray | None = None
+    causes: dict[int, str] = field(default_factory=dict)
+    done: int = 0
+
+
+class Indexer:
+    """Index files into one collection of a store with one model; see the module docstring.
+
+    Creating it opens the collection, or creates it (recording the model's fingerprint, dimension
+    and `model_dir`), and refuses a collection indexed with another model (FingerprintMismatchError).
+    `progress`: None (a bar on a terminal), a bool, or a callable(done_chunks, total_chunks).
+    `on_event(name, info)` is called after each store write ("upsert", "delete", "prune") and
+    after each file ("file"): for progress displays and for tests that stop a run at a given write.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        store: Store,
+        collection: str,
+        *,
+        model_dir: str | Path | None = None,
+        batch_size: int = 32,
+        upsert_batch_size: int = 256,
+        error_log: str | Path | None = None,
+        progress: bool | Progress | None = None,
+        on_event: Event | None = None,
+    ):
+        if batch_size < 1 or upsert_batch_size < 1:
+            raise OmniError(f"batch sizes must be at least 1 (got {batch_size} and {upsert_batch_size})")
+        self.model = model
+        self.store = store
+        self.collection = collection
+        self.batch_size = batch_size
+        self.upsert_batch_size = upsert_batch_size
+        self.progress = progress
+        self.on_event = on_event
+        self.meta = ensure_collection(store, collection, dim=model.dim, fingerprint=model.fingerprint, model_path=model_dir)
+        local = store.local_dir(collection)
+        self.error_log = Path(error_log) if error_log else (local / "errors.jsonl" if local else Path(".omnisdk") / f"{collection}.errors.jsonl")
+
+    # -- the run ----------------------------------------------------------------------------------------
+    def index(self, paths: Iterable[str | Path], *, prune: bool = False) -> IndexReport:
+        """Index every file under `paths` (files or folders); see the module docstring."""
+        start = time.perf_counter()
+        roots = [Path(p).expanduser().resolve() for p in paths]
+        if not roots:
+            raise OmniError("nothing to index: give at least one file or folder")
+        missing = [str(r) for r in roots if not r.exists()]
+        if missing and not prune:
+            raise OmniError(f"no such file or folder: {', '.join(missing)} (with --prune, their points are removed)")
+        report = IndexReport(self.collection, self.store.location, [str(r) for r in roots], error_log=str(self.error_log))
+        state = self._load_state()
+        reusable = {sha: group for groups in state.values() for sha, group in groups.items() if group.complete}
+        # The store's own files are never indexed, wherever it lives.
+        own = [Path(d).resolve() for d in (self.store.local_dir(self.collection), getattr(self.store, "root", None),
+                                 getattr(self.store, "local_path", None)) if d is not None]
+        tree = walk([r for r in roots if r.exists()])
+        report.skipped.update(tree.skipped)
+        self.error_log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.error_log, "w", encoding="utf-8") as log:
+            self._log = log
+            self._report = report
+            jobs = []
+            for path in tree.files:
+                if path == self.error_log.resolve() or under(path, own):
+                    report.skipped["store"] += 1
+                    continue
+                job = self._plan(path, state.get(str(path), {}), reusable)
+                if job is not None:
+                    jobs.append(job)
+            self._embed(jobs)
+            if prune:
+                self._prune(roots, {str(p) for p in tree.files}, state)
+        if report.points_written or report.points_deleted:
+            self.store.flush(self.collection)
+            self.store.optimize(self.collection)
+        report.points_total = self.store.count(self.collection)
+        report.seconds = time.perf_counter() - start
+        return report
+
+    def _plan(self, path: Path, groups: dict[str, _Group], reusable: dict[str, _Group]) -> _Job | None:
+        """Decide what a file needs: nothing, its stale points dropped, a copy, or embedding."""
+        report, source = self._report, str(path)
+        report.files += 1
+        old_ids = {i for g in groups.values() for i in g.ids}
+        modality = self._modality(path)
+        if modality is None:
+            report.skipped["unsupported"] += 1
+            self._delete(path, old_ids)  # it was indexed while it read as a supported type
+            return None
+        try:
+            st = path.stat()
+            if len(groups) == 1:
+                group = next(iter(groups.values()))
+                if group.complete and _same_stat(group, st):
+                    report.unchanged += 1
+                    return None
+            sha = file_sha256(path)
+        except OSError as exc:  # unreadable now (permissions, gone): its stored points stay as they are
+            self._fail(FileError(source, f"cannot read the file: {exc.strerror or exc}", "read"))
+            return None
+        group = groups.get(sha)
+        if group is not None and group.complete:  # same content, touched or left over from a killed run
+            self._delete(path, old_ids - set(group.ids))
+            if not _same_stat(group, st):
+                self.store.set_payload(self.collection, group.ids, {"size": st.st_size, "mtime": st.st_mtime})
+            report.unchanged += 1
+            return None
+        if sha in reusable and self._copy(path, modality, st, sha, reusable[sha], old_ids):
+            return None
+        try:
+            chunks = self.model.plugins[modality].chunk(Item.of_file(path, modality))
+        except Exception as exc:  # an unreadable file: this one fails, the run goes on
+            self._fail(FileError(source, getattr(exc, "cause", None) or f"{type(exc).__name__}: {exc}", "chunk"))
+            self._delete(path, old_ids)
+            return None
+        if not chunks:
+            self._fail(FileError(source, f"the {modality} plugin found nothing to embed in it", "chunk"))
+            self._delete(path, old_ids)
+            return None
+        return _Job(path, modality, st.st_size, st.st_mtime, sha, chunks, old_ids)
+
+    def _embed(self, jobs: list[_Job]) -> None:
+        jobs.sort(key=lambda j: (j.modality, str(j.path)))  # one modality per batch where possible
+        work = [(job, i) for job in jobs for i in range(len(job.chunks))]
+        for job in jobs:
+            job.vectors = np.full((len(job.chunks), self.model.dim), np.nan, dtype=np.float32)
+        progress = _progress_bar(len(work), self.progress)
+        for start in range(0, len(work), self.batch_size):
+            window = work[start : start + self.batch_size]
+            items = [job.chunks[i] for job, i in window]
+            try:
+                vectors, failures = self.model.encode(
+                    items, batch_size=self.batch_size, role="document", errors="ignore", return_errors=True, show_progress=False
+                )
+                causes = {f.index: f.cause for f in failures}
+            except Exception as exc:  # a plugin bug on this batch: its files fail, the run goes on
+                vectors = np.full((len(items), self.model.dim), np.nan, dtype=np.float32)
+                causes = {k: f"{type(exc).__name__}: {exc}" for k in range(len(items))}
+            for k, (job, i) in enumerate(window):
+                job.vectors[i] = vectors[k]
+                if k in causes or not np.isfinite(vectors[k]).all():
+                    job.causes[i] = causes.get(k, "the model returned no vector")
+                job.done += 1
+                if job.done == len(job.chunks):
+                    self._write(job)
+            progress(len(window))
+        progress(None)
+
+    def _write(self, job: _Job) -> None:
+        """A file's new points first, then its stale ones deleted: a kill in between loses nothing."""
+        report, source = self._report, str(job.path)
+        good = [i for i in range(len(job.chunks)) if i not in job.causes]
+        report.chunks_embedded += len(good)
+        if job.causes:
+            self._fail(_chunk_error(job), partial=bool(good))
+        if not good:
+            self._delete(job.path, job.old_ids)
+            return
+        indexed_at = now_iso()
+        points = [
+            StoredPoint(
+                point_id(job.sha256, source, job.chunks[i].locator), job.vectors[i],
+                _payload(job.modality, source, job.chunks[i].locator, job.sha256, job.size, job.mtime, len(good), indexed_at),
+            )
+            for i in good
+        ]
+        self._upsert(job.path, points)
+        self._delete(job.path, job.old_ids - {p.id for p in points})
+        report.indexed += 1
+        self._event("file", path=source, status="partial" if job.causes else "indexed", points=len(points))
+
+    def _copy(self, path: Path, modality: str, st: Any, sha: str, group: _Group, old_ids: set[str]) -> bool:
+        """Points for a file whose content is stored under another path: its vectors, new ids and payloads."""
+        source, indexed_at = str(path), now_iso()
+        stored = self.store.retrieve(self.collection, group.ids, with_vectors=True)
+        if len(stored) != group.chunks:  # deleted since the run began: embed instead
+            return False
+        points = []
+        for point in stored:
+            locator = Locator.from_dict(point.payload.get("locator"))
+            payload = _payload(modality, source, locator, sha, st.st_size, st.st_mtime, group.chunks, indexed_at)
+            points.append(StoredPoint(point_id(sha, source, locator), point.vector, payload))
+        self._upsert(path, points)
+        self._delete(path, old_ids - {p.id for p in points})
+        self._report.copied += 1
+        self._event("file", path=source, status="copied", points=len(points))
+        return True
+
+    def _prune(self, roots: list[Path], present: set[str], state: dict[str, dict[str, _Group]]) -> None:
+        gone = sorted(s for s in state if s not in present and under(s, roots))
+        ids = [i for s in gone for g in state[s].values() for i in g.ids]
+        if ids:
+            self.store.delete(self.collection, ids)
+            self._event("prune", files=len(gone), points=len(ids))
+        self._report.pruned_files += len(gone)
+        self._report.points_deleted += len(ids)
+
+    # -- helpers ------------------------------------------------------------------------------------------
+    def _load_state(self) -> dict[str, dict[str, _Group]]:
+        """source -> sha256 -> the group of stored points, from the payloads (the store is the truth)."""
+        state: dict[str, dict[str, _Group]] = defaultdict(dict)
+        for point in self.store.scroll(self.collection):
+            payload = point.payload
+            source, sha = payload.get("source"), payload.get("sha256")
+            if not source or not sha:
+                continue  # not written by the indexer: left alone
+            group = state[source].setdefault(sha, _Group(int(payload.get("chunks", -1)), payload.get("size"), payload.get("mtime")))
+            if (group.size, group.mtime) != (payload.get("size"), payload.get("mtime")):
+                group.mtime = None  # points disagree (a touch half recorded): hash to decide
+            group.ids.append(point.id)
+        return state
+
+    def _modality(self, path: Path) -> str | None:
+        try:
+            modality = self.model.detect(Item.of_file(path))
+        except ModalityDetectionError:
+            return None
+        return modality if modality in self.model.plugins else None
+
+    def _upsert(self, path: Path, points: list[StoredPoint]) -> None:
+        for start in range(0, len(points), self.upsert_batch_size):
+            batch = points[start : start + self.upsert_batch_size]
+            self.store.upsert(self.collection, batch, batch_size=self.upsert_batch_size)
+            self._report.points_written += len(batch)
+            self._event("upsert", path=str(path), points=len(batch))
+
+    def _delete(self, path: Path, ids: Iterable[str]) -> None:
+        ids = sorted(ids)
+        if ids:
+            self.store.delete(self.collection, ids)
+            self._report.points_deleted += len(ids)
+            self._event("delete", path=str(path), points=len(ids))
+
+    def _fail(self, error: FileError, partial: bool = False) -> None:
+        if partial:
+            self._report.partial += 1
+        else:
+            self._report.failed += 1
+        self._report.errors.append(error)
+        self._log.write(json.dumps({"time": now_iso(), **error.as_dict()}) + "\n")
+        self._log.flush()
+
+    def _event(self, name: str, **info: Any) -> None:
+        if self.on_event is not None:
+            self.on_event(name, info)
+
+
+def _same_stat(group: _Group, st: Any) -> bool:
+    """Size and mtime as stored; mtimes within a microsecond match (a float may lose its last bit in JSON)."""
+    return group.size == st.st_size and group.mtime is not None and abs(group.mtime - st.st_mtime) < 1e-6
+
+
+def _payload(modality: str, source: str, locator: Locator | None, sha: str, size: int, mtime: float, chunks: int, indexed_at: str) -> dict[str, Any]:
+    return {
+        "modality": modality, "source": source, "locator": locator.to_dict() if locator else None, "sha256": sha,
+        "size": size, "mtime": mtime, "chunks": chunks, "indexed_at": indexed_at,
+    }
+
+
+def _chunk_error(job: _Job) -> FileError:
+    causes = list(dict.fromkeys(job.causes.values()))
+    cause = "; ".join(causes[:3]) + (f" (+{len(causes) - 3} more)" if len(causes) > 3 else "")
+    located = [job.chunks[i].locator.to_dict() for i in sorted(job.causes) if job.chunks[i].locator is not None]
+    return FileError(str(job.path), cause, "embed", located[:20], len(job.causes), len(job.chunks))
+
+
+def _short(text: str, width: int = 160) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _progress_bar(total: int, progress: bool | Progress | None) -> Callable[[int | None], None]:
+    """A function advancing the progress display by n chunks; None closes it."""
+    if callable(progress):
+        done = 0
+
+        def advance(n: int | None) -> None:
+            nonlocal done
+            if n is not None:
+                done += n
+                progress(done, total)
+
+        return advance
+    from tqdm.auto import tqdm
+
+    show = sys.stderr.isatty() if progress is None else bool(progress)
+    bar = tqdm(total=total, desc="index", unit="chunk", disable=not show or total == 0)
+    return lambda n: bar.close() if n is None else bar.update(n)

@@ -1,0 +1,192 @@
+"""The store contract: one Protocol that both backends implement, its records, metadata and errors."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Literal, Protocol, Sequence, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict
+
+from omnisdk import __version__
+from omnisdk.errors import OmniError
+
+Distance = Literal["cosine", "dot", "euclid"]
+#: Payload fields with a keyword index where the backend supports one: the search filter and the
+#: indexer's bookkeeping (delete by source, find a file's chunks by content) read them.
+INDEXED_FIELDS = ("modality", "source", "sha256")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+class StoreError(OmniError):
+    """A store or collection cannot be opened, created or used as asked."""
+
+
+class CollectionNotFoundError(StoreError):
+    """The named collection does not exist in the store."""
+
+
+class StoreLockedError(StoreError):
+    """Another process (or another handle in this one) holds the collection open."""
+
+
+class FingerprintMismatchError(StoreError):
+    """The collection was indexed with another model than the one at hand."""
+
+
+class CollectionMeta(BaseModel):
+    """What a collection records about the vectors in it; written when it is created."""
+
+    model_config = ConfigDict(extra="allow")
+
+    format: Literal["omnisdk-collection"] = "omnisdk-collection"
+    format_version: int = 1
+    dim: int
+    distance: Distance = "cosine"
+    #: sha256 of the model weights that made the vectors (OmniModel.fingerprint).
+    fingerprint: str
+    #: the model directory used to index, so search can load it without being told.
+    model_path: str | None = None
+    omnisdk_version: str = __version__
+    created_at: str = ""
+
+    def model_post_init(self, _context: Any) -> None:
+        if not self.created_at:
+            self.created_at = now_iso()
+
+
+@dataclass
+class StoredPoint:
+    """A point as written to or read from a store; `vector` is None when it was not asked for."""
+
+    id: str
+    vector: Any = None  # a float sequence (list or numpy array)
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Hit:
+    """One search result: the point's id, its similarity score and its payload."""
+
+    id: str
+    score: float
+    payload: dict[str, Any]
+
+
+@runtime_checkable
+class Store(Protocol):
+    """A vector store holding named collections. Both backends implement it; `open_store` picks one.
+
+    Every method takes the collection name first (as qdrant-client does). Ids are UUID strings.
+    Writes are durable when the call returns (the Edge WAL, or the server's acknowledgement).
+    """
+
+    #: where the store lives, for messages: a directory, a URL or ":memory:".
+    location: str
+
+    def local_dir(self, collection: str) -> Path | None:
+        """A directory on this machine that belongs to the collection (for logs), or None (remote, memory)."""
+
+    def list_collections(self) -> list[str]: ...
+
+    def collection_exists(self, collection: str) -> bool: ...
+
+    def create_collection(self, collection: str, meta: CollectionMeta) -> None:
+        """Create an empty collection of `meta.dim` vectors and record `meta` with it."""
+
+    def get_meta(self, collection: str) -> CollectionMeta:
+        """The collection's metadata; CollectionNotFoundError when it does not exist."""
+
+    def delete_collection(self, collection: str) -> None: ...
+
+    def upsert(self, collection: str, points: Iterable[StoredPoint], batch_size: int = 256) -> int:
+        """Insert or replace points by id, `batch_size` per request; returns how many were written."""
+
+    def delete(self, collection: str, ids: Sequence[str]) -> None: ...
+
+    def delete_by_source(self, collection: str, sources: Sequence[str]) -> None:
+        """Delete every point whose payload `source` is one of `sources`."""
+
+    def set_payload(self, collection: str, ids: Sequence[str], payload: dict[str, Any]) -> None:
+        """Merge `payload` into the payload of the given points."""
+
+    def query(
+        self, collection: str, vector: Any, limit: int = 10, modalities: Sequence[str] | None = None, *, exact: bool = False
+    ) -> list[Hit]:
+        """Nearest points, best first; `modalities` keeps only points whose payload modality is listed.
+
+        `exact=True` scores every (filtered) point instead of walking the HNSW graph, which Qdrant
+        builds once a collection outgrows its indexing threshold (about 10k 384-d vectors).
+        """
+
+    def scroll(self, collection: str, *, with_vectors: bool = False, page_size: int = 1024) -> Iterator[StoredPoint]:
+        """Every point with its payload, in id order."""
+
+    def retrieve(self, collection: str, ids: Sequence[str], *, with_vectors: bool = False) -> list[StoredPoint]:
+        """The points among `ids` that exist."""
+
+    def count(self, collection: str, modalities: Sequence[str] | None = None) -> int: ...
+
+    def flush(self, collection: str) -> None:
+        """Persist everything written so far (a no-op where writes are already persisted)."""
+
+    def optimize(self, collection: str) -> None:
+        """Build indexes and merge segments after large writes (a no-op where the server does it)."""
+
+    def close(self) -> None:
+        """Flush and release every collection (and its lock)."""
+
+
+def check_name(collection: str) -> str:
+    """A collection name is also a directory name: letters, digits, '_', '.', '-'; it starts with a letter or digit."""
+    if not _NAME.match(collection or ""):
+        raise StoreError(
+            f"collection name {collection!r} is not allowed: use up to 128 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
+    return collection
+
+
+def check_fingerprint(meta: CollectionMeta, fingerprint: str, collection: str, action: str = "search") -> None:
+    """Refuse a model whose fingerprint differs from the one the collection was indexed with."""
+    if meta.fingerprint == fingerprint:
+        return
+    where = f" (from {meta.model_path})" if meta.model_path else ""
+    hint = f" --model {meta.model_path}" if meta.model_path else ""
+    raise FingerprintMismatchError(
+        f"cannot {action} collection '{collection}' with model {fingerprint[:12]}: it was indexed with model "
+        f"{meta.fingerprint[:12]}{where}, and vectors of two models are not comparable. Use that model{hint}, "
+        "or index into a new collection"
+    )
+
+
+def ensure_collection(
+    store: Store, collection: str, *, dim: int, fingerprint: str, model_path: str | Path | None = None,
+    action: str = "index into",
+) -> CollectionMeta:
+    """Open the collection if it exists (refusing another model or dimension), else create it."""
+    check_name(collection)
+    if store.collection_exists(collection):
+        meta = store.get_meta(collection)
+        check_fingerprint(meta, fingerprint, collection, action)
+        if meta.dim != dim:  # same fingerprint, other dim: only a hand-edited metadata file gets here
+            raise StoreError(f"collection '{collection}' holds {meta.dim}-d vectors, the model makes {dim}-d ones")
+        return meta
+    meta = CollectionMeta(dim=dim, fingerprint=fingerprint, model_path=str(Path(model_path).resolve()) if model_path else None)
+    store.create_collection(collection, meta)
+    return meta
+
+
+def modality_list(modalities: str | Sequence[str] | None) -> list[str] | None:
+    """None or a non-empty list of modality names (a single name is accepted)."""
+    if modalities is None:
+        return None
+    if isinstance(modalities, str):
+        modalities = [modalities]
+    out = list(dict.fromkeys(modalities))
+    return out or None
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
