@@ -64,11 +64,12 @@ class DemoPaths:
         return self.pipeline / "rehearsed"
 
 
-def run_demo(cache: Path | None = None, *, say: Callable[[str], None] = print, store_spec: str | None = None) -> DemoPaths:
+def run_demo(cache: Path | None = None, *, say: Callable[[str], None] = print, store_spec: str | None = None,
+             config: str = "tiny") -> DemoPaths:
     paths = DemoPaths(Path(cache) if cache else default_cache())
     paths.root.mkdir(parents=True, exist_ok=True)
     dataset = _data(paths, say)
-    _train(paths, say)
+    _train(paths, config, say)
     id_of_file = _collect_corpus(dataset, paths.corpus)
     store = _index(paths, store_spec, say)
     try:
@@ -92,11 +93,11 @@ def _data(paths: DemoPaths, say) -> Dataset:
     return load_dataset(paths.data)
 
 
-def _train(paths: DemoPaths, say) -> None:
+def _train(paths: DemoPaths, config_name: str, say) -> None:
     from omnisdk.pipeline.config import load_config
     from omnisdk.pipeline.runner import Pipeline
 
-    config = load_config("tiny")
+    config = load_config(config_name)
     config.data.path = paths.data
     cached = (paths.pipeline / "report.json").is_file()
     say(f"[2/4] the tiny pipeline in {paths.pipeline}" + (" (cached)" if cached else ": a few minutes"))
@@ -176,6 +177,7 @@ def add_commands(sub) -> None:
     p = sub.add_parser("demo", help="generate OmniWorld tiny, train the tiny pipeline, index it in Qdrant, search it")
     p.add_argument("--cache", help="where data, models and the index live (default: the user cache dir)")
     p.add_argument("--store", help="a store instead of the demo's own Qdrant Edge directory (e.g. http://host:6333)")
+    p.add_argument("--config", default="tiny", help="the pipeline to train: a preset or a TOML file (default tiny)")
     p.add_argument("--serve", action="store_true", help="then open the search app on the demo collection")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=7860)
@@ -185,7 +187,7 @@ def add_commands(sub) -> None:
 def cmd_demo(args) -> int:
     import argparse
 
-    paths = run_demo(Path(args.cache) if args.cache else None, store_spec=args.store,
+    paths = run_demo(Path(args.cache) if args.cache else None, store_spec=args.store, config=args.config,
                      say=lambda line: print(line, flush=True))
     store = args.store or str(paths.store)
     print(f"\nsearch it yourself: omnisdk search \"a small green star\" --collection {COLLECTION} --store {store}")

@@ -1,0 +1,29 @@
+"""`omnisdk demo`: data, pipeline, Qdrant Edge index and the example queries, end to end (a short pipeline)."""
+from __future__ import annotations
+
+from omnisdk.cli import main
+from omnisdk.demo import COLLECTION, EXAMPLES
+from tests.test_pipeline import QUICK
+
+
+def test_demo_trains_indexes_and_answers_every_example(tmp_path, capsys):
+    config = tmp_path / "quick.toml"
+    config.write_text(QUICK)
+    cache = tmp_path / "cache"
+    assert main(["demo", "--cache", str(cache), "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    for task, title in EXAMPLES:
+        assert f"[{task}]" in out, task
+    assert out.count(" 1. ") >= len(EXAMPLES)  # a top-3 under every example
+    assert "| rehearsed |" in out and "| joint |" in out  # the stage table
+    assert f"--collection {COLLECTION}" in out
+
+    # A second run reuses everything: nothing is trained or embedded again.
+    assert main(["demo", "--cache", str(cache), "--config", str(config)]) == 0
+    again = capsys.readouterr().out
+    assert "(cached)" in again and " 0 new," in again
+
+    from omnisdk.store import open_store
+
+    with open_store(str(cache / "store")) as store:
+        assert store.count(COLLECTION) > 200  # every corpus file, PDF pages and captions included
