@@ -44,13 +44,19 @@ class IsolatedRunner:
         what: str = "the decoder",
         error: Callable[[str], BaseException] = IsolationError,
         preload: Sequence[str] = (),
+        child_setup: Callable[[], None] | None = None,
+        describe: Callable[[BaseException], str] | None = None,
     ):
+        """`child_setup` runs once in each new child (quieting a library, say); `describe`, when
+        given, turns any exception of a job into `error(describe(exc))` instead of re-raising it."""
         self.isolate = isolate
         self.timeout_s = timeout_s
         self.max_memory_mb = max_memory_mb
         self.what = what
         self.error = error
         self.preload = tuple(preload)
+        self.child_setup = child_setup
+        self.describe = describe
         self._proc = None
         self._conn = None
 
@@ -66,6 +72,10 @@ class IsolatedRunner:
                 return fn(*args)
             except MemoryError:
                 raise self.error(f"{self.what} ran out of memory") from None
+            except Exception as exc:
+                if self.describe is None:
+                    raise
+                raise self.error(self.describe(exc)) from exc
         if self._proc is None:
             self._start()
         try:
@@ -110,7 +120,8 @@ class IsolatedRunner:
         method = "fork" if sys.platform.startswith("linux") else None
         ctx = multiprocessing.get_context(method)
         parent, child = ctx.Pipe(duplex=True)
-        self._proc = ctx.Process(target=_serve, args=(child, parent, self.max_memory_mb, self.what), daemon=True)
+        self._proc = ctx.Process(target=_serve, daemon=True,
+                                 args=(child, parent, self.max_memory_mb, self.what, self.child_setup, self.describe))
         with warnings.catch_warnings():
             # Python 3.12+ warns on fork in a threaded process (torch's pools): the child runs the
             # decoder and pipe I/O only, never code that could wait on a lock held by those threads.
@@ -131,7 +142,7 @@ class IsolatedRunner:
         return proc.exitcode
 
 
-def _serve(conn, parent_end, max_memory_mb: int | None, what: str) -> None:
+def _serve(conn, parent_end, max_memory_mb: int | None, what: str, child_setup, describe) -> None:
     """The child's loop: receive (fn, args), reply ("ok", result, "") or ("raise", pickled, text), until None."""
     parent_end.close()  # else the child never sees EOF if its parent dies
     _close_inherited_descriptors(keep=conn.fileno())
@@ -140,6 +151,8 @@ def _serve(conn, parent_end, max_memory_mb: int | None, what: str) -> None:
     faulthandler.disable()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it closes the pipe
     limit_memory(max_memory_mb)
+    if child_setup is not None:
+        child_setup()
     while True:
         try:
             job = conn.recv()
@@ -153,6 +166,9 @@ def _serve(conn, parent_end, max_memory_mb: int | None, what: str) -> None:
         except MemoryError:
             reply = ("error", None, f"{what} ran out of memory (over max_memory_mb?)")
         except Exception as exc:  # raised again in the parent as this job's error
+            if describe is not None:
+                conn.send(("error", None, describe(exc)))
+                continue
             text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             try:
                 reply = ("raise", pickle.dumps(exc), text)

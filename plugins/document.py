@@ -10,21 +10,16 @@ runaway allocation (`max_memory_mb`) costs the one item in flight, never the bat
 """
 from __future__ import annotations
 
-import faulthandler
 import logging
-import multiprocessing
-import os
-import signal
-import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Sequence
 
 import torch
 from pydantic import Field
 from torch import nn
 
+from omnisdk import isolation
 from omnisdk.errors import OmniError
 from omnisdk.hookspecs import hookimpl
 from omnisdk.items import Item, Locator
@@ -199,115 +194,13 @@ def failure_cause(exc: BaseException) -> str:
 
 
 # -- isolation -----------------------------------------------------------------------------------------
-class IsolatedRunner:
-    """Runs `fn(*args)` jobs one at a time in a child process, so a crash or a hang costs one job.
-
-    The child lives for the runner's `with` block and is restarted after a crash or a timeout. On
-    Linux it is forked: instant, and it never touches torch, only MuPDF. Elsewhere it is spawned
-    (the platform default), which re-imports this module once per runner. `isolate=False` runs the
-    jobs in this process, and so does a daemonic process (a DataLoader worker), which may not have
-    children and is itself expendable. A failed job raises DocumentError with the cause.
-    """
+class IsolatedRunner(isolation.IsolatedRunner):
+    """MuPDF jobs one at a time in a child process (omnisdk.isolation): a crash, a hang (`timeout_s`)
+    or a memory blow-up (`max_memory_mb`) costs one job, raised as DocumentError with the cause."""
 
     def __init__(self, isolate: bool = True, timeout_s: float = 30.0, max_memory_mb: int | None = None):
-        self.isolate = isolate
-        self.timeout_s = timeout_s
-        self.max_memory_mb = max_memory_mb
-        self._proc = None
-        self._conn = None
-
-    def __enter__(self) -> IsolatedRunner:
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.close()
-
-    def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        if not self.isolate or multiprocessing.current_process().daemon:
-            try:
-                return fn(*args)
-            except Exception as exc:  # the cause becomes this item's error
-                raise DocumentError(failure_cause(exc)) from exc
-        if self._proc is None:
-            self._start()
-        try:
-            self._conn.send((fn, args))
-        except OSError:  # the child died between jobs (killed from outside): a fresh one takes this job
-            self._stop(kill=True)
-            self._start()
-            self._conn.send((fn, args))
-        if not self._conn.poll(self.timeout_s):
-            self._stop(kill=True)
-            raise DocumentError(
-                f"MuPDF took over {self.timeout_s:g} s and was stopped (a hostile file? else raise timeout_s)"
-            )
-        try:
-            status, value = self._conn.recv()
-        except (EOFError, OSError):
-            code = self._stop()
-            raise DocumentError(f"MuPDF crashed reading it ({_describe_exit(code)})") from None
-        if status == "error":
-            raise DocumentError(value)
-        return value
-
-    def close(self) -> None:
-        if self._proc is not None:
-            try:
-                self._conn.send(None)  # a polite stop lets the child exit by itself
-            except OSError:
-                pass
-            self._stop()
-
-    def _start(self) -> None:
-        import pymupdf  # noqa: F401  (imported once here, so every forked child has it already)
-
-        method = "fork" if sys.platform.startswith("linux") else None
-        ctx = multiprocessing.get_context(method)
-        parent, child = ctx.Pipe(duplex=True)
-        self._proc = ctx.Process(target=_serve, args=(child, parent, self.max_memory_mb), daemon=True)
-        with warnings.catch_warnings():
-            # Python 3.12+ warns on fork in a threaded process (torch's pools): the child runs
-            # MuPDF and pipe I/O only, never code that could wait on a lock held by those threads.
-            warnings.filterwarnings("ignore", ".*fork\\(\\) may lead to deadlocks", DeprecationWarning)
-            self._proc.start()
-        child.close()
-        self._conn = parent
-
-    def _stop(self, kill: bool = False) -> int | None:
-        proc, conn = self._proc, self._conn
-        self._proc = self._conn = None
-        if not kill:
-            proc.join(timeout=1.0)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
-        conn.close()
-        return proc.exitcode
-
-
-def _serve(conn, parent_end, max_memory_mb: int | None) -> None:
-    """The child's loop: receive (fn, args), send ("ok", result) or ("error", cause), until None."""
-    parent_end.close()  # else the child never sees EOF if its parent dies
-    # A MuPDF crash here is expected and reported by the parent; an inherited faulthandler
-    # (pytest enables one) would only dump this child's Python stack to the shared stderr.
-    faulthandler.disable()
-    # Ctrl-C is the parent's to handle: it closes the pipe, and the child ends on EOF.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _quiet_mupdf()
-    _limit_memory(max_memory_mb)
-    while True:
-        try:
-            job = conn.recv()
-        except (EOFError, OSError):
-            return
-        if job is None:
-            return
-        fn, args = job
-        try:
-            reply = ("ok", fn(*args))
-        except Exception as exc:  # reported to the parent as this job's cause
-            reply = ("error", failure_cause(exc))
-        conn.send(reply)
+        super().__init__(isolate, timeout_s, max_memory_mb, what="MuPDF", error=DocumentError,
+                         preload=("pymupdf",), child_setup=_quiet_mupdf, describe=failure_cause)
 
 
 def _quiet_mupdf() -> None:
@@ -316,34 +209,6 @@ def _quiet_mupdf() -> None:
     # MuPDF prints repair chatter to stderr; the causes that matter reach the parent in the reply.
     pymupdf.TOOLS.mupdf_display_errors(False)
     pymupdf.TOOLS.mupdf_display_warnings(False)
-
-
-def _limit_memory(max_memory_mb: int | None) -> None:
-    if max_memory_mb is None:
-        return
-    try:
-        import resource
-
-        # A forked child starts with its parent's whole address space (torch maps a lot), so the
-        # limit is what it has now plus the allowance.
-        with open("/proc/self/statm") as fh:
-            current = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-        _, hard = resource.getrlimit(resource.RLIMIT_AS)
-        limit = current + max_memory_mb * 2**20
-        if hard != resource.RLIM_INFINITY:
-            limit = min(limit, hard)
-        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
-    except (ImportError, OSError, ValueError):
-        pass  # no /proc or no RLIMIT_AS here: the timeout still bounds a runaway file
-
-
-def _describe_exit(code: int | None) -> str:
-    if code is not None and code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
 
 
 # -- the plugin ------------------------------------------------------------------------------------------
