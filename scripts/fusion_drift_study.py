@@ -1,0 +1,44 @@
+"""Projector Drift under other fusion settings, on the dev split only (never the test split).
+
+Fuses a finished pipeline run's specialists several ways and runs the drift check on each:
+
+    python scripts/fusion_drift_study.py runs/small [--out runs/small/fusion-study]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from omnisdk.datasets.format import load_dataset
+from omnisdk.fusion import fuse
+from omnisdk.pipeline.drift import check_drift
+
+VARIANTS = {
+    "ties-d0.5": dict(method="ties", density=0.5),
+    "task_arithmetic-l1": dict(method="task_arithmetic", lam=1.0),
+    "task_arithmetic-l0.25": dict(method="task_arithmetic", lam=0.25),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="an `omnisdk pipeline run` output directory")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    out = args.out or args.run / "fusion-study"
+    dataset = load_dataset(args.run / "data")
+    specialists = {p.name: p for p in sorted((args.run / "specialists").iterdir()) if (p / "omnisdk.json").exists()}
+    results = {}
+    for name, settings in VARIANTS.items():
+        target = out / name
+        if not (target / "omnisdk.json").exists():
+            fuse(args.run / "base", list(specialists.values()), out=target, progress=False, **settings)
+        report = check_drift(specialists, target, dataset, split="dev", show_progress=False)
+        results[name] = report.model_dump()
+        print(f"## {name}\n\n{report.to_markdown()}\n", flush=True)
+    (out / "study.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
