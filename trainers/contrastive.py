@@ -26,7 +26,7 @@ import torch
 from omnisdk.errors import OmniError
 from omnisdk.trainers import state as run_state
 from omnisdk.trainers.config import TrainConfig
-from omnisdk.trainers.data import BatchSchedule, PairPool, modality_mix
+from omnisdk.trainers.data import BatchSchedule, PairPool
 from omnisdk.trainers.distributed import World, average_gradients, average_scalar, barrier
 from omnisdk.trainers.embedding import embed_with_grad
 from omnisdk.trainers.info_nce import info_nce
@@ -228,7 +228,3 @@ def warmup_cosine(config: TrainConfig):
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
-
-
-def batch_mix(schedule: BatchSchedule, number: int) -> dict[str, int]:
-    return modality_mix(schedule.batch(number))

@@ -75,10 +75,10 @@ def rehearse(model_dir: str | Path, data: str | Path | Dataset, out: str | Path,
     world = init_world()
     model = OmniModel.load(model_dir, device=device_for(world))
     dataset = _dataset(data)
-    pool = PairPool.from_dataset(dataset, modalities=list(model.plugins))
-    config = _config({"learning_rate": 1e-5, "steps": 100, "batch_size": 32, "warmup_ratio": 0.1,
-                      "quotas": {m: 1.0 for m in pool.modalities}}, overrides)
+    config = _config({"learning_rate": 1e-5, "steps": 100, "batch_size": 32, "warmup_ratio": 0.1}, overrides)
     pool = PairPool.from_dataset(dataset, tasks=config.tasks, modalities=list(model.plugins))
+    if config.quotas is None:  # balanced by default: an equal share for every modality with pairs
+        config = config.model_copy(update={"quotas": {m: 1.0 for m in pool.modalities}})
     return _run(model, pool, config, out, world, stage="rehearsal", parent=model_dir, dataset=dataset,
                 extra={}, show_progress=show_progress)
 

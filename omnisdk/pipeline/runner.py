@@ -183,7 +183,6 @@ class Pipeline:
         return directory
 
     def _specialist_steps_total(self) -> int:
-        from omnisdk.model import OmniModel  # noqa: F401  (plugins' defaults need the registry)
         from omnisdk.plugin_manager import get_modality
 
         total = 0
