@@ -20,6 +20,7 @@ from media.video import truncated_copy, write_mp4
 from omnisdk.isolation import IsolatedRunner, IsolationError
 from omnisdk.items import Locator
 from omnisdk.search import Indexer, point_id
+from omnisdk.search.indexer import stored_mtime
 from omnisdk.search.walk import file_sha256
 from omnisdk.store import FingerprintMismatchError, open_store
 
@@ -121,7 +122,7 @@ def test_rerun_skips_unchanged_files_and_touch_only_refreshes_mtime(model, model
     report, third = run_index(model, model_dir, tmp_path / "store", [data])
     assert (report.indexed, report.unchanged, report.points_written) == (0, 5, 0)
     notes = [p for _, p in third.values() if p["source"].endswith("notes.txt")]
-    assert notes[0]["mtime"] == (data / "notes.txt").stat().st_mtime
+    assert notes[0]["mtime"] == stored_mtime((data / "notes.txt").stat().st_mtime)
 
 
 def test_changed_file_replaces_its_chunks_and_prune_drops_deleted_files(model, model_dir, tmp_path):

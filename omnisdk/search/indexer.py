@@ -244,7 +244,7 @@ class Indexer:
         if group is not None and group.complete:  # same content, touched or left over from a killed run
             self._delete(path, old_ids - set(group.ids))
             if not _same_stat(group, st):
-                self.store.set_payload(self.collection, group.ids, {"size": st.st_size, "mtime": st.st_mtime})
+                self.store.set_payload(self.collection, group.ids, {"size": st.st_size, "mtime": stored_mtime(st.st_mtime)})
             report.unchanged += 1
             return None
         if sha in reusable and self._copy(path, modality, st, sha, reusable[sha], old_ids):
@@ -388,14 +388,20 @@ class Indexer:
 
 
 def _same_stat(group: _Group, st: Any) -> bool:
-    """Size and mtime as stored; mtimes within a microsecond match (a float may lose its last bit in JSON)."""
+    """Size and mtime as stored; the stored mtime is rounded to the microsecond, so within one matches."""
     return group.size == st.st_size and group.mtime is not None and abs(group.mtime - st.st_mtime) < 1e-6
+
+
+def stored_mtime(mtime: float) -> float:
+    """An mtime at the microsecond precision stores keep (Qdrant Edge drops digits past it), so
+    the payload reads back as written."""
+    return round(mtime, 6)
 
 
 def _payload(modality: str, source: str, locator: Locator | None, sha: str, size: int, mtime: float, chunks: int, indexed_at: str) -> dict[str, Any]:
     return {
         "modality": modality, "source": source, "locator": locator.to_dict() if locator else None, "sha256": sha,
-        "size": size, "mtime": mtime, "chunks": chunks, "indexed_at": indexed_at,
+        "size": size, "mtime": stored_mtime(mtime), "chunks": chunks, "indexed_at": indexed_at,
     }
 
 
