@@ -18,6 +18,9 @@ Searcher does by default up to 100k points.
 qdrant-client's local mode (on disk, `local:PATH`) is brute force in Python and warns above 20k
 points: its upserts run at a few hundred points a second and a filtered query scans every payload
 in Python, so at 100k expect tens of minutes; `--client-queries 100` times fewer of its queries.
+
+Indexing real files (decode, encode, upsert and bookkeeping time on the OmniWorld corpus) is
+bench/index_omniworld.py.
 """
 from __future__ import annotations
 

@@ -26,6 +26,7 @@ from omnisdk.modality import (
     parameter_owner,
 )
 from omnisdk.plugin_manager import get_modality, get_plugin_manager, modality_classes
+from omnisdk.timing import PhaseTimer
 
 log = logging.getLogger(__name__)
 Role = Literal["query", "document"]
@@ -277,15 +278,18 @@ class OmniModel(nn.Module):
         show_progress: bool | None = None,
         errors: ErrorPolicy = "warn",
         return_errors: bool = False,
+        timer: PhaseTimer | None = None,
     ) -> np.ndarray | tuple[np.ndarray, list[ItemError]]:
         """Embed items of any mix of modalities; one float32 unit vector per item, in input order.
 
         A `str` is text, a `Path` a file whose modality is detected, an `Item` says it all. A failed
         item's row is NaN and its cause is reported: `errors="warn"` warns, `"raise"` raises
         ItemErrors after embedding the rest (the good rows are on the exception), `"ignore"` is quiet.
-        `return_errors=True` also returns the list of ItemError.
+        `return_errors=True` also returns the list of ItemError. A `timer` gets the seconds spent
+        preprocessing ("decode": reading and decoding files, tokenizing) and in the model ("encode").
         """
         items = [as_item(x) for x in items]
+        timer = timer if timer is not None else PhaseTimer()
         out = np.full((len(items), self.dim), np.nan, dtype=np.float32)
         failures: list[ItemError] = []
         groups: dict[str, list[int]] = defaultdict(list)
@@ -309,24 +313,26 @@ class OmniModel(nn.Module):
                 indices = [i for _, i in sorted(zip(hints, indices), key=lambda pair: -pair[0])]
                 for start in range(0, len(indices), batch_size):
                     chunk = indices[start : start + batch_size]
-                    self._encode_chunk(modality, [items[i] for i in chunk], chunk, role, out, failures)
+                    self._encode_chunk(modality, [items[i] for i in chunk], chunk, role, out, failures, timer)
                     progress.update(len(chunk))
         progress.close()
         failures.sort(key=lambda e: e.index)
         self._report(failures, errors, out)
         return (out, failures) if return_errors else out
 
-    def _encode_chunk(self, modality, chunk_items, positions, role, out, failures) -> None:
+    def _encode_chunk(self, modality, chunk_items, positions, role, out, failures, timer: PhaseTimer) -> None:
         try:
-            prepared = self.prepare(modality, chunk_items, role)
+            with timer.phase("decode"):
+                prepared = self.prepare(modality, chunk_items, role)
         except Exception as exc:  # a plugin bug must still cost only this chunk
             failures.extend(ItemError(p, it, f"preprocessing failed: {exc}") for p, it in zip(positions, chunk_items))
             return
         for local, cause in prepared.errors.items():
             failures.append(ItemError(positions[local], chunk_items[local], cause))
         if prepared.ok:
-            vectors = self.forward_batch(modality, prepared.batch, role)
-            out[[positions[j] for j in prepared.ok]] = vectors.cpu().numpy()
+            with timer.phase("encode"):
+                vectors = self.forward_batch(modality, prepared.batch, role).cpu().numpy()
+            out[[positions[j] for j in prepared.ok]] = vectors
 
     @staticmethod
     def _report(failures: list[ItemError], policy: ErrorPolicy, out: np.ndarray) -> None:

@@ -83,6 +83,27 @@ def test_tampered_weights_fail_the_fingerprint(saved, tmp_path):
         OmniModel.load(copy)
 
 
+def test_file_fingerprint_equals_the_tensors_fingerprint_for_every_dtype(saved, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    _, directory = saved
+    assert ckpt.weights_fingerprint(directory / ckpt.WEIGHTS) == saved[0].fingerprint
+    generator = torch.Generator().manual_seed(0)
+    tensors = {f"t.{str(dtype).split('.')[-1]}": (torch.randn(3, 5, generator=generator) * 9).to(dtype)
+               for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int8, torch.bool)}
+    tensors["scalar"] = torch.tensor(2.5)
+    tensors["empty"] = torch.zeros(0, 4)
+    save_file(tensors, str(tmp_path / "mixed.safetensors"))
+    assert ckpt.weights_fingerprint(tmp_path / "mixed.safetensors") == ckpt.fingerprint(tensors.items())
+    (tmp_path / "cut.safetensors").write_bytes((tmp_path / "mixed.safetensors").read_bytes()[:-7])
+    with pytest.raises(CheckpointError, match="truncated"):
+        ckpt.weights_fingerprint(tmp_path / "cut.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
+    with pytest.raises(CheckpointError, match="not a safetensors file"):
+        ckpt.weights_fingerprint(tmp_path / "junk.safetensors")
+
+
 def test_missing_plugins_name_the_plugin_and_the_install(saved, tmp_path, monkeypatch):
     import shutil
 

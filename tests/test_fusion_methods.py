@@ -10,6 +10,7 @@ from omnisdk.fusion.methods import (
     dare_linear,
     dare_ties,
     generator_for,
+    kth_largest,
     sign_consensus_mean,
     task_arithmetic,
     ties,
@@ -44,6 +45,15 @@ def test_ties_trim_keeps_the_largest_magnitudes():
     close(trim_magnitude(D1, 0.01), t(0.5, 0, 0, 0, 0))  # at least one entry survives
     # k = int(0.5 * 4) = 2; three entries tie at |1|: exactly two survive, the lowest indices first
     close(trim_magnitude(t(1, -1, 1, 0.5), 0.5), t(1, -1, 0, 0))
+
+
+def test_kth_largest_selects_what_a_full_sort_would():
+    generator = torch.Generator().manual_seed(3)
+    for values in (torch.randn(10_001, generator=generator), torch.randint(0, 7, (5_000,), generator=generator).float(),
+                   torch.randn(64, generator=generator).double(), torch.randn(300, generator=generator).half()):
+        ordered = values.sort(descending=True).values
+        for k in (1, 2, values.numel() // 3, values.numel() - 1, values.numel()):
+            assert kth_largest(values, k).item() == ordered[k - 1].item()
 
 
 def test_ties_elects_signs_by_mass_and_takes_the_disjoint_mean():

@@ -104,6 +104,11 @@ def test_index_a_folder(model, model_dir, tmp_path):
     assert sorted(p["locator"]["page"] for p in by_source["report.pdf"]) == [1, 2, 3]
     assert {p["modality"] for p in by_source["report.pdf"]} == {"document"}
     assert by_source["red.png"][0]["locator"] is None and by_source["red.png"][0]["chunks"] == 1
+    timings = report.timings
+    assert set(timings) == {"decode", "encode", "upsert", "bookkeeping"}
+    assert all(timings[name] > 0 for name in ("decode", "encode", "upsert")), timings
+    assert sum(timings.values()) == pytest.approx(report.seconds, abs=0.01)
+    assert "seconds in encode" in report.markdown()
 
 
 def test_rerun_skips_unchanged_files_and_touch_only_refreshes_mtime(model, model_dir, tmp_path, monkeypatch):
@@ -116,7 +121,8 @@ def test_rerun_skips_unchanged_files_and_touch_only_refreshes_mtime(model, model
     report, second = run_index(model, model_dir, tmp_path / "store", [data])
     assert sorted(hashed) == ["broken.png", "cut.pdf"]  # size + mtime spare the stored files a hash
     assert (report.indexed, report.unchanged, report.points_written, report.points_deleted) == (0, 5, 0, 0)
-    assert report.failed == 2  # broken files are tried (and logged) again
+    assert report.failed == 2
+    assert report.timings["upsert"] == 0  # nothing was written  # broken files are tried (and logged) again
     assert_same_points(first, second)
     os.utime(data / "notes.txt", (time.time() + 100, time.time() + 100))
     report, third = run_index(model, model_dir, tmp_path / "store", [data])

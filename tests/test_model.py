@@ -80,6 +80,14 @@ def test_roles_prepend_the_plugins_instructions(model, tmp_path):
     np.testing.assert_allclose(np.linalg.norm(query), 1.0, atol=1e-5)
 
 
+def test_encode_reports_decode_and_model_time_to_a_timer(model, tmp_path):
+    from omnisdk.timing import PhaseTimer
+
+    timer = PhaseTimer()
+    model.encode([write_png(tmp_path / "a.png"), "some text"], timer=timer)
+    assert set(timer.seconds) == {"decode", "encode"} and min(timer.seconds.values()) > 0
+
+
 def test_error_policies_keep_good_rows(model, tmp_path):
     good = write_png(tmp_path / "good.png")
     bad = tmp_path / "bad.png"

@@ -2,23 +2,25 @@
 
 Memory stays at a few tensors of one parameter times the number of specialists: inputs are read
 tensor by tensor (safetensors.safe_open), the output streams to disk (StreamingWriter), and nothing
-holds a whole model. The output is built in a hidden sibling directory and renamed into place last,
+holds a whole model. Work that waits on memory or disk runs beside the arithmetic: each input's
+fingerprint is hashed from its file by a worker thread, and a writer thread hashes and writes the
+merged tensors in order (at most two waiting), so fusing costs little more than the merge itself. The output is built in a hidden sibling directory and renamed into place last,
 so a failed or interrupted fusion leaves no half checkpoint at --out.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
 import torch
 
 from omnisdk import checkpoint as ckpt
-from omnisdk.checkpoint import update_fingerprint
+from omnisdk.checkpoint import weights_fingerprint
 from omnisdk.fusion.methods import generator_for
 from omnisdk.fusion.plan import FusionError, FusionPlan, ParameterPlan
 from omnisdk.fusion.report import FusionReport
@@ -40,17 +42,25 @@ def run_fusion(plan: FusionPlan, *, progress: bool | None = None, verify: bool =
     staging.mkdir(parents=True)
     try:
         inputs = [plan.base] + [s.checkpoint for s in plan.specialists]
-        digests = [hashlib.sha256() for _ in inputs]
         entries = [(p.name, *plan.base.tensors[p.name]) for p in plan.parameters]
         with ExitStack() as stack:
             files = [stack.enter_context(safe_open(str(c.weights), framework="pt")) for c in inputs]
             writer = stack.enter_context(StreamingWriter(staging / ckpt.WEIGHTS, entries))
+            # Entered after the writer, so on any exit the threads finish before the file closes.
+            hashing = stack.enter_context(ThreadPoolExecutor(max_workers=min(len(inputs), 4), thread_name_prefix="fuse-hash"))
+            writing = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="fuse-write"))
+            fingerprints = [hashing.submit(weights_fingerprint, c.weights) for c in inputs] if verify else []
+            pending: list[Future] = []
             for param in _progress(plan.parameters, progress):
-                merged = _fuse_one(plan, method, param, files, digests if verify else None, report)
-                writer.write(param.name, merged)
+                merged = _fuse_one(plan, method, param, files, report)
+                pending.append(writing.submit(writer.write, param.name, merged))
                 del merged
-        if verify:
-            _check_fingerprints(inputs, digests)
+                while len(pending) > 2:  # bounds memory: the writer may lag by two tensors
+                    pending.pop(0).result()
+            for future in pending:
+                future.result()
+            if verify:
+                _check_fingerprints(inputs, [f.result() for f in fingerprints])
         fingerprint = writer.fingerprint
         shutil.copytree(plan.base.path / ckpt.TOKENIZER_DIR, staging / ckpt.TOKENIZER_DIR)
         manifest = plan.base.manifest.model_copy(deep=True)
@@ -84,27 +94,21 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _fuse_one(plan: FusionPlan, method, param: ParameterPlan, files, digests, report: FusionReport) -> torch.Tensor:
+def _fuse_one(plan: FusionPlan, method, param: ParameterPlan, files, report: FusionReport) -> torch.Tensor:
     """One output tensor. Each specialist's tensor becomes its delta in place, so at most the base and
     one tensor per specialist are held, plus what the method allocates."""
-    base = _read(files[0], param.name, digests, 0)
+    base = files[0].get_tensor(param.name)
     if param.action == "keep":
-        for i in range(1, len(files)):
-            _read(files[i], param.name, digests, i)  # read for the fingerprint check only
         report.count(param, base)
         return base
     if param.action == "copy":
-        chosen = None
-        for i in range(1, len(files)):
-            tensor = _read(files[i], param.name, digests, i)
-            if i - 1 == param.source:
-                chosen = tensor
+        chosen = files[1 + param.source].get_tensor(param.name)
         report.count(param, base, owned_delta=(param.source, chosen.float() - base.float()))
         return chosen
     base32 = base.float()
     deltas = []
     for i in range(1, len(files)):
-        tensor = _read(files[i], param.name, digests, i)
+        tensor = files[i].get_tensor(param.name)
         deltas.append(tensor.sub_(base32) if tensor.dtype == torch.float32 else tensor.float() - base32)
     combined = method(deltas, weights=[s.weight for s in plan.specialists], density=plan.density,
                       generator=generator_for(plan.seed, param.name))
@@ -119,16 +123,9 @@ def _fuse_one(plan: FusionPlan, method, param: ParameterPlan, files, digests, re
     return update.add_(base32).to(base.dtype)
 
 
-def _read(fh, name: str, digests, index: int) -> torch.Tensor:
-    tensor = fh.get_tensor(name)
-    if digests is not None:
-        update_fingerprint(digests[index], name, tensor)
-    return tensor
-
-
-def _check_fingerprints(inputs, digests) -> None:
-    for c, digest in zip(inputs, digests):
-        if digest.hexdigest() != c.fingerprint:
+def _check_fingerprints(inputs, fingerprints: list[str]) -> None:
+    for c, found in zip(inputs, fingerprints):
+        if found != c.fingerprint:
             raise FusionError(
                 f"{c.weights} does not match the fingerprint in its manifest: "
                 "the weights were changed or damaged after saving"

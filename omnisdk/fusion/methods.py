@@ -48,13 +48,26 @@ def trim_magnitude(delta: Tensor, density: float) -> Tensor:
         return torch.zeros_like(delta)
     magnitude = delta.abs().reshape(-1)
     k = max(1, int(density * magnitude.numel()))
-    # A selection, not a sort: no int64 index of the whole tensor, linear time.
-    threshold = magnitude.kthvalue(magnitude.numel() - k + 1).values
+    threshold = kth_largest(magnitude, k)
     keep = magnitude > threshold
     missing = k - int(keep.sum())
     if missing > 0:
         keep[torch.nonzero(magnitude == threshold).squeeze(1)[:missing]] = True
     return delta * keep.reshape(delta.shape)
+
+
+def kth_largest(values: Tensor, k: int) -> Tensor:
+    """The k-th largest entry of a flat tensor, by selection (linear time), not by sorting.
+
+    On CPU numpy's introselect, several times faster than torch.kthvalue, which also carries an
+    int64 index per entry; elsewhere torch.kthvalue.
+    """
+    position = values.numel() - k
+    if values.device.type == "cpu" and values.dtype in (torch.float32, torch.float64):
+        import numpy as np
+
+        return torch.as_tensor(np.partition(values.numpy(), position)[position])
+    return values.kthvalue(position + 1).values
 
 
 def dare_drop(delta: Tensor, density: float, generator: torch.Generator) -> Tensor:

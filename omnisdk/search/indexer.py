@@ -46,9 +46,13 @@ from omnisdk.items import Item, Locator
 from omnisdk.search.walk import file_sha256, point_id, under, walk
 from omnisdk.store.base import Store, StoredPoint, ensure_collection, now_iso
 from omnisdk.tables import markdown_table
+from omnisdk.timing import PhaseTimer
 
 Progress = Callable[[int, int], None]
 Event = Callable[[str, dict[str, Any]], None]
+# Where a run's wall time goes: decoding files (chunking, preprocessing), the model, store writes
+# (upserts, deletes, flush, optimize); the rest (walking, hashing, state, payloads) is bookkeeping.
+PHASES = ("decode", "encode", "upsert")
 
 
 @dataclass
@@ -86,6 +90,7 @@ class IndexReport:
     pruned_files: int = 0
     points_total: int = 0
     seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
     error_log: str | None = None
     errors: list[FileError] = field(default_factory=list)
 
@@ -103,6 +108,8 @@ class IndexReport:
             ["points deleted", self.points_deleted], ["files pruned", self.pruned_files],
             ["points in collection", self.points_total], ["seconds", f"{self.seconds:.1f}"],
         ]
+        total = max(self.seconds, 1e-9)
+        rows += [[f"seconds in {name}", f"{sec:.1f} ({100 * sec / total:.0f}%)"] for name, sec in self.timings.items()]
         text = markdown_table(["collection " + self.collection, self.store], rows)
         if self.errors:
             text += "\n\n" + markdown_table(
@@ -183,6 +190,7 @@ class Indexer:
     def index(self, paths: Iterable[str | Path], *, prune: bool = False) -> IndexReport:
         """Index every file under `paths` (files or folders); see the module docstring."""
         start = time.perf_counter()
+        self._timer = PhaseTimer()
         roots = [Path(p).expanduser().resolve() for p in paths]
         if not roots:
             raise OmniError("nothing to index: give at least one file or folder")
@@ -213,10 +221,12 @@ class Indexer:
             if prune:
                 self._prune(roots, {str(p) for p in tree.files}, state)
         if report.points_written or report.points_deleted:
-            self.store.flush(self.collection)
-            self.store.optimize(self.collection)
+            with self._timer.phase("upsert"):
+                self.store.flush(self.collection)
+                self.store.optimize(self.collection)
         report.points_total = self.store.count(self.collection)
         report.seconds = time.perf_counter() - start
+        report.timings = self._timer.split(report.seconds, PHASES, "bookkeeping")
         return report
 
     def _plan(self, path: Path, groups: dict[str, _Group], reusable: dict[str, _Group]) -> _Job | None:
@@ -244,13 +254,15 @@ class Indexer:
         if group is not None and group.complete:  # same content, touched or left over from a killed run
             self._delete(path, old_ids - set(group.ids))
             if not _same_stat(group, st):
-                self.store.set_payload(self.collection, group.ids, {"size": st.st_size, "mtime": stored_mtime(st.st_mtime)})
+                with self._timer.phase("upsert"):
+                    self.store.set_payload(self.collection, group.ids, {"size": st.st_size, "mtime": stored_mtime(st.st_mtime)})
             report.unchanged += 1
             return None
         if sha in reusable and self._copy(path, modality, st, sha, reusable[sha], old_ids):
             return None
         try:
-            chunks = self.model.plugins[modality].chunk(Item.of_file(path, modality))
+            with self._timer.phase("decode"):
+                chunks = self.model.plugins[modality].chunk(Item.of_file(path, modality))
         except Exception as exc:  # an unreadable file: this one fails, the run goes on
             self._fail(FileError(source, getattr(exc, "cause", None) or f"{type(exc).__name__}: {exc}", "chunk"))
             self._delete(path, old_ids)
@@ -272,7 +284,8 @@ class Indexer:
             items = [job.chunks[i] for job, i in window]
             try:
                 vectors, failures = self.model.encode(
-                    items, batch_size=self.batch_size, role="document", errors="ignore", return_errors=True, show_progress=False
+                    items, batch_size=self.batch_size, role="document", errors="ignore", return_errors=True,
+                    show_progress=False, timer=self._timer,
                 )
                 causes = {f.index: f.cause for f in failures}
             except Exception as exc:  # a plugin bug on this batch: its files fail, the run goes on
@@ -314,7 +327,8 @@ class Indexer:
     def _copy(self, path: Path, modality: str, st: Any, sha: str, group: _Group, old_ids: set[str]) -> bool:
         """Points for a file whose content is stored under another path: its vectors, new ids and payloads."""
         source, indexed_at = str(path), now_iso()
-        stored = self.store.retrieve(self.collection, group.ids, with_vectors=True)
+        with self._timer.phase("upsert"):
+            stored = self.store.retrieve(self.collection, group.ids, with_vectors=True)
         if len(stored) != group.chunks:  # deleted since the run began: embed instead
             return False
         points = []
@@ -332,7 +346,8 @@ class Indexer:
         gone = sorted(s for s in state if s not in present and under(s, roots))
         ids = [i for s in gone for g in state[s].values() for i in g.ids]
         if ids:
-            self.store.delete(self.collection, ids)
+            with self._timer.phase("upsert"):
+                self.store.delete(self.collection, ids)
             self._event("prune", files=len(gone), points=len(ids))
         self._report.pruned_files += len(gone)
         self._report.points_deleted += len(ids)
@@ -362,14 +377,16 @@ class Indexer:
     def _upsert(self, path: Path, points: list[StoredPoint]) -> None:
         for start in range(0, len(points), self.upsert_batch_size):
             batch = points[start : start + self.upsert_batch_size]
-            self.store.upsert(self.collection, batch, batch_size=self.upsert_batch_size)
+            with self._timer.phase("upsert"):
+                self.store.upsert(self.collection, batch, batch_size=self.upsert_batch_size)
             self._report.points_written += len(batch)
             self._event("upsert", path=str(path), points=len(batch))
 
     def _delete(self, path: Path, ids: Iterable[str]) -> None:
         ids = sorted(ids)
         if ids:
-            self.store.delete(self.collection, ids)
+            with self._timer.phase("upsert"):
+                self.store.delete(self.collection, ids)
             self._report.points_deleted += len(ids)
             self._event("delete", path=str(path), points=len(ids))
 
