@@ -1,7 +1,7 @@
 """Run a fusion plan one tensor at a time: read, merge or copy, write, fingerprint.
 
 Memory stays at a few tensors of one parameter times the number of specialists: inputs are read
-tensor by tensor (safetensors.safe_open), the output streams to disk (StreamingWriter), and nothing
+tensor by tensor into one reused buffer per file (omnisdk.fusion.reader), the output streams to disk (StreamingWriter), and nothing
 holds a whole model. Work that waits on memory or disk runs beside the arithmetic: each input's
 fingerprint is hashed from its file by a worker thread, and a writer thread hashes and writes the
 merged tensors in order (at most two waiting), so fusing costs little more than the merge itself. The output is built in a hidden sibling directory and renamed into place last,
@@ -23,14 +23,13 @@ from omnisdk import checkpoint as ckpt
 from omnisdk.checkpoint import weights_fingerprint
 from omnisdk.fusion.methods import generator_for
 from omnisdk.fusion.plan import FusionError, FusionPlan, ParameterPlan
+from omnisdk.fusion.reader import BufferedTensorFile
 from omnisdk.fusion.report import FusionReport
 from omnisdk.fusion.stream import StreamingWriter
 
 
 def run_fusion(plan: FusionPlan, *, progress: bool | None = None, verify: bool = True) -> FusionReport:
     """Write the fused checkpoint that `plan` describes; `verify` checks every input's fingerprint on the way."""
-    from safetensors import safe_open
-
     from omnisdk.plugin_manager import merge_methods
 
     method = merge_methods()[plan.method]
@@ -44,7 +43,7 @@ def run_fusion(plan: FusionPlan, *, progress: bool | None = None, verify: bool =
         inputs = [plan.base] + [s.checkpoint for s in plan.specialists]
         entries = [(p.name, *plan.base.tensors[p.name]) for p in plan.parameters]
         with ExitStack() as stack:
-            files = [stack.enter_context(safe_open(str(c.weights), framework="pt")) for c in inputs]
+            files = [stack.enter_context(BufferedTensorFile(c.weights)) for c in inputs]
             writer = stack.enter_context(StreamingWriter(staging / ckpt.WEIGHTS, entries))
             # Entered after the writer, so on any exit the threads finish before the file closes.
             hashing = stack.enter_context(ThreadPoolExecutor(max_workers=min(len(inputs), 4), thread_name_prefix="fuse-hash"))
@@ -95,20 +94,21 @@ def _alive(pid: int) -> bool:
 
 
 def _fuse_one(plan: FusionPlan, method, param: ParameterPlan, files, report: FusionReport) -> torch.Tensor:
-    """One output tensor. Each specialist's tensor becomes its delta in place, so at most the base and
-    one tensor per specialist are held, plus what the method allocates."""
-    base = files[0].get_tensor(param.name)
+    """One output tensor, never a view of a reader's buffer (the writer thread may still hold it when
+    the next tensor is read). Each specialist's tensor becomes its delta in place in its buffer, so
+    the base and one tensor per specialist are held, plus what the method allocates."""
+    base = files[0].read(param.name)
     if param.action == "keep":
         report.count(param, base)
-        return base
+        return base.clone()
     if param.action == "copy":
-        chosen = files[1 + param.source].get_tensor(param.name)
+        chosen = files[1 + param.source].read(param.name)
         report.count(param, base, owned_delta=(param.source, chosen.float() - base.float()))
-        return chosen
+        return chosen.clone()
     base32 = base.float()
     deltas = []
     for i in range(1, len(files)):
-        tensor = files[i].get_tensor(param.name)
+        tensor = files[i].read(param.name)
         deltas.append(tensor.sub_(base32) if tensor.dtype == torch.float32 else tensor.float() - base32)
     combined = method(deltas, weights=[s.weight for s in plan.specialists], density=plan.density,
                       generator=generator_for(plan.seed, param.name))
