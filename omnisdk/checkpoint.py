@@ -76,6 +76,36 @@ def update_fingerprint(digest: Any, name: str, tensor: torch.Tensor) -> None:
     digest.update(t.reshape(-1).view(torch.uint8).numpy().data)
 
 
+# safetensors dtype codes -> torch dtypes (str() of one is what `update_fingerprint` writes).
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "U16": torch.uint16, "U32": torch.uint32, "U64": torch.uint64, "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+
+
+def read_safetensors_header(fd: int, path: Path) -> tuple[int, dict[str, dict[str, Any]]]:
+    """(where the tensor data starts, {name: {"dtype", "shape", "data_offsets"}}) of a safetensors
+    file open as `fd`, checking that every tensor lies inside the file."""
+    size = os.fstat(fd).st_size
+    try:
+        (length,) = struct.unpack("<Q", os.pread(fd, 8, 0))
+        if length > size - 8:
+            raise ValueError(f"its header claims {length} bytes")
+        header = json.loads(os.pread(fd, length, 8))
+        header.pop("__metadata__", None)
+        start = 8 + length
+        for name, entry in header.items():
+            if entry["dtype"] not in SAFETENSORS_DTYPES:
+                raise ValueError(f"tensor '{name}' has an unknown dtype {entry['dtype']}")
+            if start + entry["data_offsets"][1] > size:
+                raise CheckpointError(f"{path} is truncated: tensor '{name}' ends past the end of the file")
+    except (struct.error, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path} is not a safetensors file: {exc}") from exc
+    return start, header
+
+
 def weights_fingerprint(path: Path, chunk_bytes: int = 8 << 20) -> str:
     """The fingerprint of a safetensors file, hashed straight from its bytes.
 
@@ -84,41 +114,23 @@ def weights_fingerprint(path: Path, chunk_bytes: int = 8 << 20) -> str:
     read in chunks into one reused buffer (no tensor is built and the process's memory grows by the
     buffer only), and file reads and hashlib release the GIL, so threads can hash several files at once.
     """
-    size = os.path.getsize(path)
-    with open(path, "rb", buffering=0) as fh:
-        try:
-            (length,) = struct.unpack("<Q", fh.read(8))
-            if length > size - 8:
-                raise ValueError(f"its header claims {length} bytes")
-            header = json.loads(fh.read(length))
-        except (struct.error, ValueError) as exc:
-            raise CheckpointError(f"{path} is not a safetensors file: {exc}") from exc
-        header.pop("__metadata__", None)
-        start, digest = 8 + length, hashlib.sha256()
-        buffer = memoryview(bytearray(chunk_bytes))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        start, header = read_safetensors_header(fd, path)
+        digest, buffer = hashlib.sha256(), memoryview(bytearray(chunk_bytes))
         for name in sorted(header):
             entry = header[name]
             begin, end = (start + offset for offset in entry["data_offsets"])
-            if end > size:
-                raise CheckpointError(f"{path} is truncated: tensor '{name}' ends past the end of the file")
-            digest.update(f"{name}|{_TORCH_DTYPE_NAMES[entry['dtype']]}|{tuple(entry['shape'])}\n".encode())
-            fh.seek(begin)
+            digest.update(f"{name}|{SAFETENSORS_DTYPES[entry['dtype']]}|{tuple(entry['shape'])}\n".encode())
             while begin < end:
-                got = fh.readinto(buffer[: min(chunk_bytes, end - begin)])
+                got = os.preadv(fd, [buffer[: min(chunk_bytes, end - begin)]], begin)
                 if not got:
-                    raise CheckpointError(f"{path} is truncated: tensor '{name}' ends past the end of the file")
+                    raise CheckpointError(f"{path} shrank while it was read")
                 digest.update(buffer[:got])
                 begin += got
+    finally:
+        os.close(fd)
     return digest.hexdigest()
-
-
-# safetensors dtype codes -> str(torch dtype), as `update_fingerprint` writes them.
-_TORCH_DTYPE_NAMES = {
-    "F64": "torch.float64", "F32": "torch.float32", "F16": "torch.float16", "BF16": "torch.bfloat16",
-    "I64": "torch.int64", "I32": "torch.int32", "I16": "torch.int16", "I8": "torch.int8", "U8": "torch.uint8",
-    "U16": "torch.uint16", "U32": "torch.uint32", "U64": "torch.uint64", "BOOL": "torch.bool",
-    "F8_E4M3": "torch.float8_e4m3fn", "F8_E5M2": "torch.float8_e5m2",
-}
 
 
 def save_weights(state: Mapping[str, torch.Tensor], path: Path) -> None:

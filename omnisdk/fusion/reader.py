@@ -10,21 +10,15 @@ A tensor returned by `read` is a view of the buffer: valid until the next `read`
 """
 from __future__ import annotations
 
-import json
 import math
 import os
-import struct
 from pathlib import Path
 
 import torch
 
+from omnisdk.checkpoint import SAFETENSORS_DTYPES, read_safetensors_header
+from omnisdk.errors import CheckpointError
 from omnisdk.fusion.plan import FusionError
-
-DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
 
 
 class BufferedTensorFile:
@@ -34,15 +28,11 @@ class BufferedTensorFile:
         self.path = Path(path)
         self._fd = os.open(self.path, os.O_RDONLY)
         try:
-            (length,) = struct.unpack("<Q", os.pread(self._fd, 8, 0))
-            header = json.loads(os.pread(self._fd, length, 8))
-        except (struct.error, ValueError) as exc:
+            self._start, self._entries = read_safetensors_header(self._fd, self.path)
+        except CheckpointError as exc:
             os.close(self._fd)
-            raise FusionError(f"{self.path} is not a safetensors file: {exc}") from exc
-        header.pop("__metadata__", None)
-        self._start = 8 + length
-        self._entries = header
-        largest = max((e["data_offsets"][1] - e["data_offsets"][0] for e in header.values()), default=0)
+            raise FusionError(str(exc)) from exc
+        largest = max((e["data_offsets"][1] - e["data_offsets"][0] for e in self._entries.values()), default=0)
         self._buffer = torch.empty(max(largest, 1), dtype=torch.uint8)
 
     def __enter__(self) -> BufferedTensorFile:
@@ -54,9 +44,7 @@ class BufferedTensorFile:
     def read(self, name: str) -> torch.Tensor:
         """The tensor `name`, as a view of this file's buffer (overwritten by the next read)."""
         entry = self._entries[name]
-        dtype = DTYPES.get(entry["dtype"])
-        if dtype is None:
-            raise FusionError(f"{self.path}: tensor '{name}' has dtype {entry['dtype']}, which fusion does not read")
+        dtype = SAFETENSORS_DTYPES[entry["dtype"]]
         begin, end = entry["data_offsets"]
         size = end - begin
         if size != math.prod(entry["shape"]) * dtype.itemsize:
@@ -66,6 +54,6 @@ class BufferedTensorFile:
         while done < size:
             got = os.preadv(self._fd, [view[done:]], self._start + begin + done)
             if got == 0:
-                raise FusionError(f"{self.path} is truncated: tensor '{name}' ends past the end of the file")
+                raise FusionError(f"{self.path} shrank while it was read (tensor '{name}')")
             done += got
         return raw.view(dtype).reshape(entry["shape"])

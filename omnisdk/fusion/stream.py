@@ -16,10 +16,9 @@ from typing import BinaryIO, Sequence
 
 import torch
 
-from omnisdk.checkpoint import update_fingerprint
+from omnisdk.checkpoint import SAFETENSORS_DTYPES, update_fingerprint
 
-ITEMSIZE = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2,
-            "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+ITEMSIZE = {code: dtype.itemsize for code, dtype in SAFETENSORS_DTYPES.items()}
 
 
 class StreamingWriter:
