@@ -1,11 +1,12 @@
 """Run a fusion plan one tensor at a time: read, merge or copy, write, fingerprint.
 
 Memory stays at a few tensors of one parameter times the number of specialists: inputs are read
-tensor by tensor into one reused buffer per file (omnisdk.fusion.reader), the output streams to disk (StreamingWriter), and nothing
-holds a whole model. Work that waits on memory or disk runs beside the arithmetic: each input's
-fingerprint is hashed from its file by a worker thread, and a writer thread hashes and writes the
-merged tensors in order (at most two waiting), so fusing costs little more than the merge itself. The output is built in a hidden sibling directory and renamed into place last,
-so a failed or interrupted fusion leaves no half checkpoint at --out.
+tensor by tensor into one reused buffer per file (omnisdk.fusion.reader), the output streams to
+disk (StreamingWriter), and nothing holds a whole model. Work that waits on memory or disk runs
+beside the arithmetic: each input's fingerprint is hashed from its file by a worker thread, and a
+writer thread hashes and writes the merged tensors in order (at most two waiting). The output is
+built in a hidden sibling directory and renamed into place last, so a failed or interrupted fusion
+leaves no half checkpoint at --out.
 """
 from __future__ import annotations
 
