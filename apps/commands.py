@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from omnisdk.errors import OmniError
+from omnisdk.precision import add_precision_argument
 
 STORE_HELP = ("where the vectors live: a directory (Qdrant Edge; default ./.omnisdk), http(s)://HOST:PORT "
               "(a Qdrant server; API key from QDRANT_API_KEY), or local:PATH")
@@ -28,6 +29,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--upload-dir", type=Path,
                    help="where files added in the Index tab are kept (default: omnisdk's data folder/uploads/COLLECTION)")
     p.add_argument("--no-index-tab", action="store_true", help="search only: no uploads into the collection")
+    add_precision_argument(p)
     p.set_defaults(func=cmd_app)
 
 
@@ -39,7 +41,7 @@ def cmd_app(args: argparse.Namespace) -> int:
         raise OmniError(f"--port {args.port} is not a port: use 1-65535")
     if args.max_upload_mb <= 0:
         raise OmniError(f"--max-upload-mb {args.max_upload_mb} must be positive")
-    backend = StoreBackend.open(args.collection, args.store, args.model)
+    backend = StoreBackend.open(args.collection, args.store, args.model, precision=args.precision)
     try:
         local = backend.store.local_dir(args.collection)
         settings = AppSettings(

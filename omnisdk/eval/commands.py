@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from omnisdk.errors import OmniError
+from omnisdk.precision import add_precision_argument
 
 BASELINE_CHOICES = ("random", "oracle")
 
@@ -35,6 +36,7 @@ def register_eval_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plot", type=Path, help="write a bar chart of hit@1 and nDCG@10 per task (PNG, SVG or PDF)")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
     p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+    add_precision_argument(p)
     p.set_defaults(func=cmd_eval)
 
     c = sub.add_parser("eval-compare", help="compare eval reports side by side (stages, models, baselines)")
@@ -76,10 +78,13 @@ def _encoder(args: argparse.Namespace, dataset):
     if args.baseline:
         from omnisdk.eval.baselines import make_baseline
 
+        if args.precision != "fp32":
+            raise OmniError(f"--precision {args.precision} applies to a --model; the {args.baseline} baseline has no model to run")
+
         return make_baseline(args.baseline, dataset, split=args.split, seed=args.seed), args.label or args.baseline
     from omnisdk.model import OmniModel
 
-    return OmniModel.load(args.model), args.label or args.model.resolve().name
+    return OmniModel.load(args.model, precision=args.precision), args.label or args.model.resolve().name
 
 
 def cmd_eval_compare(args: argparse.Namespace) -> int:

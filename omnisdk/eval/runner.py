@@ -82,7 +82,8 @@ def evaluate(
             "total_s": round(time.perf_counter() - started, 3),
         },
         failures=cache.failure_list(),
-        settings={"batch_size": batch_size, "tie_tolerance": tie_tolerance, "device": str(device)},
+        settings={"batch_size": batch_size, "tie_tolerance": tie_tolerance, "device": str(device),
+                  "precision": getattr(encoder, "precision", "fp32")},
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     return report

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from omnisdk.errors import OmniError
+from omnisdk.precision import add_precision_argument
 
 EXIT_ITEMS_FAILED = 3  # as omnisdk.cli: some files failed, the rest was done
 STORE_HELP = ("where the vectors live: a directory (Qdrant Edge, embedded; default ./.omnisdk), http(s)://HOST:PORT "
@@ -31,6 +32,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--error-log", type=Path, help="JSONL of this run's failures (default: in the store, or .omnisdk/)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_precision_argument(p)
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser(
@@ -49,6 +51,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--exact", action=argparse.BooleanOptionalAction, default=None,
                    help="score every point (--exact) or use the HNSW graph (--no-exact); default: exact up to 100k points")
     p.add_argument("--json", action="store_true", help="print JSON")
+    add_precision_argument(p)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("collections", help="list a store's collections: points, dimension, model")
@@ -71,7 +74,7 @@ def cmd_index(args: argparse.Namespace) -> int:
             _refuse_early(meta, model_dir, args.collection, check_fingerprint)
         elif model_dir is None:
             raise OmniError(f"collection '{args.collection}' is new: say which model indexes it with --model DIR")
-        model = OmniModel.load(model_dir)
+        model = OmniModel.load(model_dir, precision=args.precision)
         indexer = Indexer(
             model, store, args.collection, model_dir=model_dir, batch_size=args.batch_size, error_log=args.error_log,
             progress=False if args.no_progress or args.json else None,
@@ -101,7 +104,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         query = Item.of_text(args.text)
     modalities = [m.strip() for raw in args.modality or [] for m in raw.split(",") if m.strip()] or None
     with open_store(args.store) as store:
-        searcher = Searcher(store, args.collection, model_dir=args.model, exact=args.exact)
+        searcher = Searcher(store, args.collection, model_dir=args.model, exact=args.exact, precision=args.precision)
         hits = searcher.search(query, limit=args.limit, modalities=modalities)
     if args.json:
         print(json.dumps({"collection": args.collection, "query": query.label(), "hits": [h.as_dict() for h in hits]}, indent=2))

@@ -65,18 +65,18 @@ class Searcher:
 
     def __init__(
         self, store: Store, collection: str, model: Any = None, *, model_dir: str | Path | None = None,
-        device: Any = None, exact: bool | None = None,
+        device: Any = None, exact: bool | None = None, precision: str = "fp32",
     ):
         self.store = store
         self.collection = collection
         self.exact = exact
         self.meta = store.get_meta(collection)
         if model is None:
-            model = self._load_model(model_dir, device)
+            model = self._load_model(model_dir, device, precision)
         check_fingerprint(self.meta, model.fingerprint, collection, "search")
         self.model = model
 
-    def _load_model(self, model_dir: str | Path | None, device: Any):
+    def _load_model(self, model_dir: str | Path | None, device: Any, precision: str):
         from omnisdk.checkpoint import read_manifest
         from omnisdk.model import OmniModel
 
@@ -91,7 +91,7 @@ class Searcher:
                 )
         # Refuse another model from its manifest, before loading any weights.
         check_fingerprint(self.meta, read_manifest(Path(model_dir)).fingerprint, self.collection, "search")
-        return OmniModel.load(model_dir, device=device)
+        return OmniModel.load(model_dir, device=device, precision=precision)
 
     def encode_query(self, query: str | Path | Item) -> np.ndarray:
         """The query's vector (role "query"); an OmniError with the cause when it cannot be encoded."""
