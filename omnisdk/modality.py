@@ -10,7 +10,7 @@ import importlib.util
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
@@ -257,6 +257,30 @@ class ModalityPlugin(ABC):
 
     def describe_locator(self, locator: Locator | None) -> str:
         return str(locator) if locator else ""
+
+    # -- rows, for the prepared-input cache ------------------------------------------------------
+    def split_rows(self, batch: Any, count: int) -> list[dict[str, Any]]:
+        """Cut a `preprocess` batch into one row per item; override to drop per-batch padding."""
+        from omnisdk.batching import split_rows
+
+        return split_rows(batch, count)
+
+    def collate_rows(self, rows: Sequence[dict[str, Any]], runtime: Runtime) -> Any:
+        """Assemble rows (possibly prepared at different times) into a batch `preprocess` could have made."""
+        from omnisdk.batching import collate_rows
+
+        return collate_rows(rows)
+
+
+def dependencies_of(plugins: Mapping[str, ModalityPlugin], name: str) -> list[str]:
+    """`name` and every plugin it uses, transitively (video uses image's tower), `name` first."""
+    out, pending = [], [name]
+    while pending:
+        current = pending.pop(0)
+        if current not in out:
+            out.append(current)
+            pending += list(plugins[current].uses)
+    return out
 
 
 def run_per_item(

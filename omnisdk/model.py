@@ -1,12 +1,14 @@
 """OmniModel: a shared Hugging Face backbone fed `inputs_embeds` by one adapter per modality plugin."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+import threading
 import warnings
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +29,9 @@ from omnisdk.modality import (
 )
 from omnisdk.plugin_manager import get_modality, get_plugin_manager, modality_classes
 from omnisdk.timing import PhaseTimer
+
+if TYPE_CHECKING:
+    from omnisdk.prepared import PreparedCache
 
 log = logging.getLogger(__name__)
 Role = Literal["query", "document"]
@@ -58,6 +63,10 @@ class OmniModel(nn.Module):
         self._fingerprint: str | None = None
         self._prefix_ids, self._suffix_ids = special_token_frame(tokenizer)
         self._instruction_cache: dict[str, list[int]] = {}
+        self.prepared_cache: PreparedCache | None = None
+        # One fast tokenizer must not be used from two threads at once (a prefetch thread tokenises
+        # text while the training thread embeds a page's text).
+        self._tokenizer_lock = threading.RLock()
         build = BuildContext(hidden_size=self.hidden_size, tokenizer=tokenizer, plugins=self.plugins)
         self.adapters = nn.ModuleDict()
         for name, plugin in self.plugins.items():
@@ -202,15 +211,35 @@ class OmniModel(nn.Module):
             raise ModalityDetectionError(f"no installed plugin accepts {what} (modalities: {', '.join(sorted(classes))})")
         return found
 
-    def prepare(self, modality: str, items: Sequence[Item], role: Role | None = None) -> Prepared:
-        """Preprocess items of one modality into a batch on this model's device."""
+    def use_cache(self, cache: PreparedCache | str | Path | None = "default") -> OmniModel:
+        """Serve `prepare` from a prepared-input cache: a PreparedCache, a directory, "default"
+        ($OMNISDK_CACHE_DIR or the user cache directory), or None to turn caching off."""
+        from omnisdk.prepared import PreparedCache
+
+        if cache is None or isinstance(cache, PreparedCache):
+            self.prepared_cache = cache
+        else:
+            self.prepared_cache = PreparedCache(None if cache == "default" else cache)
+        return self
+
+    def prepare(self, modality: str, items: Sequence[Item], role: Role | None = None, *,
+                to_device: bool = True) -> Prepared:
+        """Preprocess items of one modality into a batch (on this model's device unless `to_device=False`).
+
+        With a prepared-input cache (`use_cache`), rows prepared before are read instead of decoded.
+        """
         plugin = self.plugins[modality]
         if modality == "text" and role is not None:
             instruction = getattr(plugin.instructions, role)
             if instruction:
                 items = [Item.of_text(instruction + (it.text or "")) for it in items]
-        prepared = plugin.preprocess(items, self.runtime)
-        prepared.batch = _to_device(prepared.batch, self.device)
+        with self._tokenizer_lock if modality == "text" else contextlib.nullcontext():
+            if self.prepared_cache is not None:
+                prepared = self.prepared_cache.prepare(self, modality, items)
+            else:
+                prepared = plugin.preprocess(items, self.runtime)
+        if to_device:
+            prepared.batch = _to_device(prepared.batch, self.device)
         return prepared
 
     def forward_batch(self, modality: str, batch: Any, role: Role | None = None) -> torch.Tensor:
@@ -224,7 +253,13 @@ class OmniModel(nn.Module):
 
     def embed_text_tokens(self, texts: Sequence[str], max_length: int | None = None) -> TokenEmbeddings:
         """Text as backbone token embeddings without special tokens, for adapters that mix text in."""
-        enc = self.tokenizer(
+        with self._tokenizer_lock:
+            enc = self._tokenize_plain(texts, max_length)
+        embeds = self.backbone.get_input_embeddings()(enc["input_ids"])
+        return TokenEmbeddings(embeds, enc["attention_mask"])
+
+    def _tokenize_plain(self, texts: Sequence[str], max_length: int | None):
+        return self.tokenizer(
             list(texts),
             add_special_tokens=False,
             padding=True,
@@ -232,8 +267,6 @@ class OmniModel(nn.Module):
             max_length=max_length or self.spec.max_length,
             return_tensors="pt",
         ).to(self.device)
-        embeds = self.backbone.get_input_embeddings()(enc["input_ids"])
-        return TokenEmbeddings(embeds, enc["attention_mask"])
 
     def _frame(self, tokens: TokenEmbeddings, modality: str, role: Role | None) -> TokenEmbeddings:
         """Wrap content tokens in the backbone's special tokens, with the plugin's instruction first."""

@@ -71,6 +71,29 @@ class TextPlugin(ModalityPlugin):
     def build_adapter(self, ctx: BuildContext) -> nn.Module:
         return TextAdapter()
 
+    def split_rows(self, batch: dict, count: int) -> list[dict]:
+        """One row per text holding its real tokens only, so a cached row carries no batch padding."""
+        keep = batch["attention_mask"].bool()
+        return [{"input_ids": batch["input_ids"][i][keep[i]].clone(),
+                 "attention_mask": batch["attention_mask"][i][keep[i]].clone()} for i in range(count)]
+
+    def collate_rows(self, rows: Sequence[dict], runtime: Runtime) -> dict:
+        """Pad rows to the longest with the tokenizer's pad id, on the tokenizer's padding side."""
+        import torch
+
+        tokenizer = runtime.tokenizer
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        width = max(len(r["input_ids"]) for r in rows)
+        ids = torch.full((len(rows), width), pad_id, dtype=rows[0]["input_ids"].dtype)
+        mask = torch.zeros((len(rows), width), dtype=rows[0]["attention_mask"].dtype)
+        left = getattr(tokenizer, "padding_side", "right") == "left"
+        for i, row in enumerate(rows):
+            n = len(row["input_ids"])
+            span = slice(width - n, width) if left else slice(0, n)
+            ids[i, span] = row["input_ids"]
+            mask[i, span] = row["attention_mask"]
+        return {"input_ids": ids, "attention_mask": mask}
+
     def length_hints(self, items: Sequence[Item], runtime: Runtime) -> list[int]:
         """Token counts from one batched tokenizer call: a tighter sort than characters, so less padding."""
         texts = [item.text for item in items]

@@ -1,7 +1,9 @@
-"""CLI: `omnisdk train specialist|joint`, `omnisdk recover`, `omnisdk rehearse`.
+"""CLI: `omnisdk align`, `omnisdk train specialist|joint`, `omnisdk recover`, `omnisdk rehearse`.
 
 Settings come from the plugin's defaults, then `--config FILE.toml` (TrainConfig fields), then the
-flags; a run killed part-way resumes when the same command is run again. Data parallel: launch the
+flags; a run killed part-way resumes when the same command is run again. Inputs are decoded once
+into the prepared-input cache (`--cache-dir`, default $OMNISDK_CACHE_DIR or the user cache
+directory; `--no-cache` decodes at every step). Data parallel: launch the
 same command with `torchrun --nproc_per_node N -m omnisdk ...`.
 """
 from __future__ import annotations
@@ -27,6 +29,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _common(p)
     p.set_defaults(func=cmd_train_joint)
 
+    p = sub.add_parser("align", help="align every modality's adapters with the frozen backbone (the base for specialists)")
+    p.add_argument("--base", required=True, type=Path)
+    _common(p)
+    p.set_defaults(func=cmd_align)
+
     p = sub.add_parser("recover", help="Projector Recovery after fusion: train what the plugin's recovery plan names")
     p.add_argument("--model", required=True, type=Path)
     p.add_argument("--plugin", required=True)
@@ -51,6 +58,19 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--precision", choices=["fp32", "bf16"])
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    add_cache_flags(p)
+
+
+def add_cache_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache-dir", type=Path, help="prepared-input cache (default: $OMNISDK_CACHE_DIR or the user cache dir)")
+    p.add_argument("--no-cache", action="store_true", help="decode inputs at every step instead of once")
+
+
+def cache_from(args: argparse.Namespace):
+    """What the stage functions take as `cache`: None, a directory, or "default"."""
+    if getattr(args, "no_cache", False):
+        return None
+    return getattr(args, "cache_dir", None) or "default"
 
 
 def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
@@ -76,25 +96,33 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_train_specialist(args: argparse.Namespace) -> int:
     from omnisdk.trainers.stages import train_specialist
 
-    return _report(train_specialist(args.base, args.plugin, args.data, args.out, overrides_from(args)), args)
+    return _report(train_specialist(args.base, args.plugin, args.data, args.out, overrides_from(args),
+                                    cache=cache_from(args)), args)
+
+
+def cmd_align(args: argparse.Namespace) -> int:
+    from omnisdk.trainers.stages import align
+
+    return _report(align(args.base, args.data, args.out, overrides_from(args), cache=cache_from(args)), args)
 
 
 def cmd_train_joint(args: argparse.Namespace) -> int:
     from omnisdk.trainers.stages import train_joint
 
-    return _report(train_joint(args.base, args.data, args.out, overrides_from(args)), args)
+    return _report(train_joint(args.base, args.data, args.out, overrides_from(args), cache=cache_from(args)), args)
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
     from omnisdk.trainers.stages import recover
 
-    return _report(recover(args.model, args.plugin, args.data, args.out, overrides_from(args)), args)
+    return _report(recover(args.model, args.plugin, args.data, args.out, overrides_from(args),
+                           cache=cache_from(args)), args)
 
 
 def cmd_rehearse(args: argparse.Namespace) -> int:
     from omnisdk.trainers.stages import rehearse
 
-    return _report(rehearse(args.model, args.data, args.out, overrides_from(args)), args)
+    return _report(rehearse(args.model, args.data, args.out, overrides_from(args), cache=cache_from(args)), args)
 
 
 def _report(result, args: argparse.Namespace) -> int:

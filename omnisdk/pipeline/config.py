@@ -57,6 +57,11 @@ class PipelineConfig(BaseModel):
     specialist: dict[str, dict[str, Any]] = {}
     fusion: FusionSettings = FusionSettings()
     drift: DriftSettings = DriftSettings()
+    #: the alignment stage (every adapter on every modality, backbone frozen) before the specialists;
+    #: `steps = 0` (or no table) skips it and the specialists start from the base.
+    align: dict[str, Any] = {}
+    #: prepared-input cache shared by every stage and evaluation; default OUT/cache.
+    cache_dir: Path | None = None
     recovery: dict[str, Any] = {}
     rehearsal: dict[str, Any] = {}
     joint: dict[str, Any] = {}
