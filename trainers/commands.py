@@ -1,8 +1,9 @@
 """CLI: `omnisdk train specialist|joint`, `omnisdk recover`, `omnisdk rehearse`.
 
 Settings come from the plugin's defaults, then `--config FILE.toml` (TrainConfig fields), then the
-flags; a run killed part-way resumes when the same command is run again. Data parallel: launch the
-same command with `torchrun --nproc_per_node N -m omnisdk ...`.
+flags; a run killed part-way resumes when the same command is run again. `--ega` turns on the
+Explicit Gradient Amplifier, set in the TOML as `ega = {factor = 2.0, rule = "relative"}`. Data
+parallel: launch the same command with `torchrun --nproc_per_node N -m omnisdk ...`.
 """
 from __future__ import annotations
 
@@ -50,6 +51,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, dest="learning_rate")
     p.add_argument("--seed", type=int)
     p.add_argument("--precision", choices=["fp32", "bf16"])
+    p.add_argument("--ega", action="store_true",
+                   help="amplify hard negatives' gradients (Explicit Gradient Amplifier); settings: [ega] in --config")
+    p.add_argument("--ega-factor", type=float, metavar="F", help="EGA amplification factor (implies --ega; default 2.0)")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
 
 
@@ -62,6 +66,9 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, flag, None)
         if value is not None:
             out[flag] = value
+    factor = getattr(args, "ega_factor", None)
+    if getattr(args, "ega", False) or factor is not None:
+        out["ega"] = {**(out.get("ega") or {}), **({"factor": factor} if factor is not None else {})}
     quotas = getattr(args, "quota", None)
     if quotas:
         out["quotas"] = {}

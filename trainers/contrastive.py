@@ -29,7 +29,7 @@ from omnisdk.trainers.config import TrainConfig
 from omnisdk.trainers.data import BatchSchedule, PairPool
 from omnisdk.trainers.distributed import World, average_gradients, average_scalar, barrier
 from omnisdk.trainers.embedding import embed_with_grad
-from omnisdk.trainers.info_nce import info_nce
+from omnisdk.trainers.losses import contrastive_loss
 from omnisdk.trainers.lora import attach_lora, merge_lora
 
 log = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ class ContrastiveTrainer:
                             f"(causes: {list({**q_err, **p_err}.values())[:3]})")
         hard, mask = self._hard_negative_tensor(batch, negatives, n_ok, keep)
         temperature = self.log_temperature.exp()
-        loss = info_nce(queries[keep], positives[keep], temperature, hard, mask, symmetric=cfg.symmetric)
+        loss = contrastive_loss(cfg, queries[keep], positives[keep], temperature, hard, mask)
         return loss, int(keep.sum()), len(q_err) + len(p_err) + len(n_err)
 
     def _hard_negative_tensor(self, batch, negatives, n_ok, keep):
