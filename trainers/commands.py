@@ -1,4 +1,4 @@
-"""CLI: `omnisdk train specialist|joint`, `omnisdk recover`, `omnisdk rehearse`.
+"""CLI: `omnisdk train specialist|joint`, `omnisdk recover`, `omnisdk rehearse`, `omnisdk warmup`.
 
 Settings come from the plugin's defaults, then `--config FILE.toml` (TrainConfig fields), then the
 flags; a run killed part-way resumes when the same command is run again. `--ega` turns on the
@@ -33,6 +33,21 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plugin", required=True)
     _common(p)
     p.set_defaults(func=cmd_recover)
+
+    p = sub.add_parser("warmup", help="compression warm-up before contrastive training (CoMa)")
+    p.add_argument("--method", required=True, choices=["coma"], help="coma: Compression then Matching")
+    p.add_argument("--model", required=True, type=Path, help="the base checkpoint to warm up")
+    p.add_argument("--data", required=True, type=Path, help="dataset directory with train.jsonl")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--config", type=Path, help="TOML file of warm-up settings (CoMaConfig fields)")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--tokens", type=int, help="number of compression tokens (default 32, as in the paper)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, dest="learning_rate")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--precision", choices=["fp32", "bf16"])
+    p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    p.set_defaults(func=cmd_warmup)
 
     p = sub.add_parser("rehearse", help="short balanced multi-modal training of a fused (and recovered) model")
     p.add_argument("--model", required=True, type=Path)
@@ -102,6 +117,23 @@ def cmd_rehearse(args: argparse.Namespace) -> int:
     from omnisdk.trainers.stages import rehearse
 
     return _report(rehearse(args.model, args.data, args.out, overrides_from(args)), args)
+
+
+def cmd_warmup(args: argparse.Namespace) -> int:
+    from omnisdk.trainers.coma import coma_warmup
+
+    overrides: dict[str, Any] = tomllib.loads(args.config.read_text()) if args.config else {}
+    for flag in ("steps", "tokens", "batch_size", "learning_rate", "seed", "precision"):
+        if getattr(args, flag) is not None:
+            overrides[flag] = getattr(args, flag)
+    result = coma_warmup(args.model, args.data, args.out, overrides)
+    if args.json:
+        print(json.dumps(result.summary(), indent=2))
+    else:
+        print(f"wrote {args.out}: {result.steps} warm-up steps, reconstruction loss on the probe batch "
+              f"{result.probe_loss_before:.4f} -> {result.probe_loss_after:.4f}, {result.pairs_seen} pairs "
+              f"in {result.seconds:.1f} s; pooling is now 'compression'")
+    return 0
 
 
 def _report(result, args: argparse.Namespace) -> int:
