@@ -97,3 +97,14 @@ def test_compression_pooling_without_tokens_is_refused():
 
     with pytest.raises(ValueError, match="warmup"):
         BackboneSpec(model_type="bert", config={}, pooling="compression")
+
+
+def test_a_specialist_trained_from_the_warm_up_keeps_and_trains_its_tokens(warmed, tmp_path):
+    from omnisdk.trainers.stages import train_specialist
+
+    settings = {"steps": 2, "batch_size": 4, "log_every": 1, "hard_negatives": 1, "learning_rate": 1e-3}
+    train_specialist(warmed["out"], "image", warmed["data"], tmp_path / "image", settings, show_progress=False)
+    before, after = load_file(str(warmed["out"] / ckpt.WEIGHTS)), load_file(str(tmp_path / "image" / ckpt.WEIGHTS))
+    key = "backbone.compression_tokens.embeddings"
+    assert not torch.equal(before[key], after[key])  # contrastive learning refines the compression tokens
+    assert ckpt.read_manifest(tmp_path / "image").backbone.pooling == "compression"
