@@ -99,12 +99,23 @@ def test_compression_pooling_without_tokens_is_refused():
         BackboneSpec(model_type="bert", config={}, pooling="compression")
 
 
-def test_a_specialist_trained_from_the_warm_up_keeps_and_trains_its_tokens(warmed, tmp_path):
+def test_specialists_from_the_warm_up_refine_the_tokens_and_fusion_merges_them(warmed, tmp_path):
+    from omnisdk.fusion import fuse
+    from omnisdk.model import OmniModel
     from omnisdk.trainers.stages import train_specialist
 
     settings = {"steps": 2, "batch_size": 4, "log_every": 1, "hard_negatives": 1, "learning_rate": 1e-3}
-    train_specialist(warmed["out"], "image", warmed["data"], tmp_path / "image", settings, show_progress=False)
-    before, after = load_file(str(warmed["out"] / ckpt.WEIGHTS)), load_file(str(tmp_path / "image" / ckpt.WEIGHTS))
+    for plugin in ("image", "audio"):
+        train_specialist(warmed["out"], plugin, warmed["data"], tmp_path / plugin, settings, show_progress=False)
+        assert ckpt.read_manifest(tmp_path / plugin).backbone.pooling == "compression"
     key = "backbone.compression_tokens.embeddings"
-    assert not torch.equal(before[key], after[key])  # contrastive learning refines the compression tokens
-    assert ckpt.read_manifest(tmp_path / "image").backbone.pooling == "compression"
+    base = load_file(str(warmed["out"] / ckpt.WEIGHTS))[key]
+    image, audio = (load_file(str(tmp_path / m / ckpt.WEIGHTS))[key] for m in ("image", "audio"))
+    assert not torch.equal(base, image)  # contrastive learning refines the compression tokens
+    fuse(warmed["out"], [tmp_path / "image", tmp_path / "audio"], method="task_arithmetic", out=tmp_path / "fused",
+         progress=False)
+    fused = load_file(str(tmp_path / "fused" / ckpt.WEIGHTS))[key]
+    torch.testing.assert_close(fused, base + (image - base) + (audio - base))  # merged like any backbone weight
+    model = OmniModel.load(tmp_path / "fused", device="cpu")
+    assert model.spec.pooling == "compression"
+    assert np.allclose(np.linalg.norm(model.encode(["a red circle"]), axis=1), 1, atol=1e-5)
