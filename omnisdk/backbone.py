@@ -5,11 +5,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, model_validator
 
 from omnisdk.errors import CheckpointError, UnsafeCheckpointError
 
-Pooling = Literal["mean", "cls", "last"]
+#: "compression": the mean of the CoMa compression tokens (omnisdk/compression.py) appended to every input.
+Pooling = Literal["mean", "cls", "last", "compression"]
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
@@ -21,6 +22,14 @@ class BackboneSpec(BaseModel):
     pooling: Pooling = "mean"
     max_length: int = 256
     source: str | None = None  # where the weights first came from, for the lineage
+    #: learned compression tokens inside the backbone (CoMa warm-up); 0: none.
+    compression_tokens: int = 0
+
+    @model_validator(mode="after")
+    def _compression_pooling_needs_tokens(self) -> "BackboneSpec":
+        if self.pooling == "compression" and self.compression_tokens < 1:
+            raise ValueError("pooling 'compression' needs compression tokens: run `omnisdk warmup --method coma` first")
+        return self
 
 
 def refuse_pickles(directory: Path) -> None:
@@ -95,6 +104,8 @@ def special_token_frame(tokenizer: Any) -> tuple[list[int], list[int]]:
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, how: Pooling) -> torch.Tensor:
     """Reduce token states [B, T, H] to one vector per row, counting only real tokens."""
+    if how == "compression":
+        raise ValueError("compression pooling needs the tokens' positions: use omnisdk.compression.pool")
     if how == "cls":
         return hidden[:, 0]
     if how == "last":

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from omnisdk import checkpoint as ckpt
+from omnisdk import compression
 from omnisdk.backbone import BackboneSpec, Pooling, build_from_spec, load_pretrained, pool, spec_of, special_token_frame
 from omnisdk.errors import ItemError, ItemErrors, ModalityDetectionError, OmniError
 from omnisdk.items import Item, as_item
@@ -54,6 +55,7 @@ class OmniModel(nn.Module):
             # BERT-style pooler heads are never used by our pooling; dropping them keeps every
             # parameter trained (DDP insists) and out of task vectors.
             backbone.pooler = None
+        compression.attach(backbone, spec.compression_tokens)  # before loading: they are backbone weights
         self.backbone = backbone
         self.tokenizer = tokenizer
         self.spec = spec
@@ -244,12 +246,24 @@ class OmniModel(nn.Module):
 
     def forward_batch(self, modality: str, batch: Any, role: Role | None = None) -> torch.Tensor:
         """Embed a prepared batch: adapter, framing, backbone, pooling, L2 normalisation. Keeps gradients."""
+        hidden, mask, positions = self.forward_tokens(modality, batch, role)
+        if positions is not None:
+            pooled = compression.pool(hidden, positions)
+        else:
+            pooled = pool(hidden, mask, self.spec.pooling)
+        return torch.nn.functional.normalize(pooled.float(), dim=-1)
+
+    def forward_tokens(self, modality: str, batch: Any, role: Role | None = None):
+        """(last hidden states, mask, compression token positions or None) of a prepared batch; with
+        pooling "compression" the compression tokens are appended to every row."""
         tokens: TokenEmbeddings = self.adapters[modality](batch, self.runtime)
         if not tokens.framed:
             tokens = self._frame(tokens, modality, role)
+        positions = None
+        if self.spec.pooling == "compression":
+            tokens, positions = compression.append(tokens, compression.tokens_of(self.backbone))
         out = self.backbone(inputs_embeds=tokens.embeds, attention_mask=tokens.mask)
-        pooled = pool(out.last_hidden_state, tokens.mask, self.spec.pooling)
-        return torch.nn.functional.normalize(pooled.float(), dim=-1)
+        return out.last_hidden_state, tokens.mask, positions
 
     def embed_text_tokens(self, texts: Sequence[str], max_length: int | None = None) -> TokenEmbeddings:
         """Text as backbone token embeddings without special tokens, for adapters that mix text in."""
@@ -285,7 +299,8 @@ class OmniModel(nn.Module):
     def content_budget(self, modality: str) -> int:
         """How many content tokens fit once framing and the longest instruction are added."""
         longest = max(len(self._instruction_ids(modality, role)) for role in ("query", "document"))
-        return self.spec.max_length - len(self._prefix_ids) - len(self._suffix_ids) - longest
+        appended = self.spec.compression_tokens if self.spec.pooling == "compression" else 0
+        return self.spec.max_length - len(self._prefix_ids) - len(self._suffix_ids) - longest - appended
 
     def _instruction_ids(self, modality: str, role: Role | None) -> list[int]:
         if role is None:

@@ -29,8 +29,8 @@ from omnisdk.trainers.config import TrainConfig
 from omnisdk.trainers.data import BatchSchedule, PairPool
 from omnisdk.trainers.distributed import World, average_gradients, average_scalar, barrier
 from omnisdk.trainers.embedding import PreparedItems, embed_prepared, prepare_items
+from omnisdk.trainers.losses import contrastive_loss
 from omnisdk.trainers.prefetch import Prefetcher
-from omnisdk.trainers.info_nce import info_nce
 from omnisdk.trainers.lora import attach_lora, merge_lora
 
 log = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ class ContrastiveTrainer:
                             f"(causes: {list({**q_err, **p_err}.values())[:3]})")
         hard, mask = self._hard_negative_tensor(batch, negatives, n_ok, keep)
         temperature = self.log_temperature.exp()
-        loss = info_nce(queries[keep], positives[keep], temperature, hard, mask, symmetric=self.config.symmetric)
+        loss = contrastive_loss(self.config, queries[keep], positives[keep], temperature, hard, mask)
         return loss, int(keep.sum()), len(q_err) + len(p_err) + len(n_err)
 
     def _hard_negative_tensor(self, batch, negatives, n_ok, keep):
