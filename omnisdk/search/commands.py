@@ -111,7 +111,17 @@ def cmd_search(args: argparse.Namespace) -> int:
         return 0
     print(markdown_table(["rank", "score", "modality", "source", "locator"],
                          [[h.rank, f"{h.score:.4f}", h.modality, h.source, h.where] for h in hits]))
+    for h in hits:  # text chunks: the matching passage under the table, by rank
+        if h.text:
+            print(f"\n{h.rank}. {Path(h.source).name}, {h.where}:\n" + _passage(h.text))
     return 0
+
+
+def _passage(text: str, lines: int = 6, width: int = 160) -> str:
+    """The first lines of a passage, indented, each cut at `width` characters."""
+    shown = [line if len(line) <= width else line[: width - 3] + "..." for line in text.strip().splitlines()[:lines]]
+    more = "\n    ..." if len(text.strip().splitlines()) > lines else ""
+    return "\n".join("    " + line for line in shown) + more
 
 
 def cmd_collections(args: argparse.Namespace) -> int:

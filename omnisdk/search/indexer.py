@@ -315,7 +315,8 @@ class Indexer:
         points = [
             StoredPoint(
                 point_id(job.sha256, source, job.chunks[i].locator), job.vectors[i],
-                _payload(job.modality, source, job.chunks[i].locator, job.sha256, job.size, job.mtime, len(good), indexed_at),
+                _payload(job.modality, source, job.chunks[i].locator, job.sha256, job.size, job.mtime, len(good), indexed_at,
+                         job.chunks[i].text),
             )
             for i in good
         ]
@@ -334,7 +335,8 @@ class Indexer:
         points = []
         for point in stored:
             locator = Locator.from_dict(point.payload.get("locator"))
-            payload = _payload(modality, source, locator, sha, st.st_size, st.st_mtime, group.chunks, indexed_at)
+            payload = _payload(modality, source, locator, sha, st.st_size, st.st_mtime, group.chunks, indexed_at,
+                               point.payload.get("text"))
             points.append(StoredPoint(point_id(sha, source, locator), point.vector, payload))
         self._upsert(path, points)
         self._delete(path, old_ids - {p.id for p in points})
@@ -415,11 +417,17 @@ def stored_mtime(mtime: float) -> float:
     return round(mtime, 6)
 
 
-def _payload(modality: str, source: str, locator: Locator | None, sha: str, size: int, mtime: float, chunks: int, indexed_at: str) -> dict[str, Any]:
-    return {
+def _payload(
+    modality: str, source: str, locator: Locator | None, sha: str, size: int, mtime: float, chunks: int, indexed_at: str,
+    text: str | None = None,
+) -> dict[str, Any]:
+    payload = {
         "modality": modality, "source": source, "locator": locator.to_dict() if locator else None, "sha256": sha,
         "size": size, "mtime": stored_mtime(mtime), "chunks": chunks, "indexed_at": indexed_at,
     }
+    if text is not None:  # a text chunk's passage, so results show it without reading the file again
+        payload["text"] = text
+    return payload
 
 
 def _chunk_error(job: _Job) -> FileError:
