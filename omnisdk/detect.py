@@ -45,6 +45,8 @@ def omnisdk_detect_modality(item: Item, modalities: Mapping[str, type[ModalityPl
     if item.path is not None:
         for suffix in dict.fromkeys((item.path.suffix.lower(), sniff_extension(item.path))):
             claims = [name for name, cls in modalities.items() if suffix and suffix in cls.extensions]
+            claims = claims or [name for name, cls in modalities.items()
+                                if suffix and suffix in getattr(cls, "fallback_extensions", ())]
             if claims:
                 return _only(claims, f"file type '{suffix}'")
         return None

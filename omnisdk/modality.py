@@ -192,6 +192,9 @@ class ModalityPlugin(ABC):
     #: importable modules it needs; "a|b" means either will do.
     requires: ClassVar[tuple[str, ...]] = ()
     extensions: ClassVar[tuple[str, ...]] = ()
+    #: extensions it also reads, claimed only when no plugin lists them in `extensions` (the text
+    #: plugin reads .csv as text, but a plugin made for tables wins it).
+    fallback_extensions: ClassVar[tuple[str, ...]] = ()
     mime_types: ClassVar[tuple[str, ...]] = ()
     #: dotted names of Python types it takes in memory, matched against the MRO without importing.
     python_types: ClassVar[tuple[str, ...]] = ()
@@ -207,6 +210,13 @@ class ModalityPlugin(ABC):
             self.config = config
         else:
             self.config = self.Config.model_validate(config or {})
+        #: the runtime of the model that owns this plugin (see `bind`); None for a plugin on its own.
+        self.runtime: Runtime | None = None
+
+    def bind(self, runtime: Runtime) -> None:
+        """Called by the model that owns this plugin once it is built: `chunk` may then size windows
+        by the model's tokenizer and content budget."""
+        self.runtime = runtime
 
     # -- the two methods a plugin must write ------------------------------------------------
     @abstractmethod
@@ -230,7 +240,7 @@ class ModalityPlugin(ABC):
 
     @classmethod
     def accepts_path(cls, path: Path) -> bool:
-        return path.suffix.lower() in cls.extensions
+        return path.suffix.lower() in cls.extensions + cls.fallback_extensions
 
     @classmethod
     def accepts_object(cls, obj: Any) -> bool:

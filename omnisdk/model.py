@@ -73,6 +73,7 @@ class OmniModel(nn.Module):
         self.adapters = nn.ModuleDict()
         for name, plugin in self.plugins.items():
             self.adapters[name] = plugin.build_adapter(build)
+            plugin.bind(self.runtime)
         self.eval()
 
     # -- construction -----------------------------------------------------------------------------
