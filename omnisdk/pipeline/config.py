@@ -48,6 +48,8 @@ class PipelineConfig(BaseModel):
     name: str = "pipeline"
     base_preset: Literal["tiny", "small"] = "tiny"
     base_model: Path | None = None  # an existing base checkpoint instead of the preset
+    #: plugin settings over the base preset's, e.g. {image = {tower = "resnet18"}}
+    base_plugins: dict[str, dict[str, Any]] = {}
     specialists: list[str] = ["image", "video", "document", "audio"]
     data: DataSettings = DataSettings()
     eval_split: str = "test"
@@ -67,6 +69,8 @@ class PipelineConfig(BaseModel):
     joint: dict[str, Any] = {}
     #: joint baseline steps = the specialists' steps together (a fair budget), unless joint.steps is set.
     joint_matches_specialist_steps: bool = True
+    #: train and evaluate the joint baseline (the demo leaves it out to save time)
+    joint_baseline: bool = True
 
     def specialist_settings(self, plugin: str) -> dict[str, Any]:
         return {**self.train, **self.specialist.get(plugin, {})}

@@ -60,9 +60,9 @@ class Pipeline:
         drift = self._stage("drift", lambda: self._drift(specialists, fused, dataset))
         recovered = self._stage("recover", lambda: self._recover(fused, drift, dataset))
         rehearsed = self._stage("rehearse", lambda: self._rehearse(recovered, dataset))
-        joint = self._stage("joint", lambda: self._joint(start, dataset))
+        joint = self._stage("joint", lambda: self._joint(start, dataset)) if self.config.joint_baseline else None
         stages = {"base": base, **({"aligned": aligned} if aligned else {}), **{f"specialist:{p}": d for p, d in specialists.items()}, "fused": fused,
-                  "recovered": recovered, "rehearsed": rehearsed, "joint": joint}
+                  "recovered": recovered, "rehearsed": rehearsed, **({"joint": joint} if joint else {})}
         reports = {name: self._stage(f"eval:{name}", lambda n=name, d=path: self._evaluate(n, d, dataset))
                    for name, path in stages.items()}
         from omnisdk.pipeline.report import write_report
@@ -106,7 +106,7 @@ class Pipeline:
         if not self._done(directory, "base"):
             from omnisdk.presets import build_base
 
-            build_base(self.config.base_preset).save(directory)
+            build_base(self.config.base_preset, overrides=self.config.base_plugins).save(directory)
         return directory
 
     def _align(self, base: Path, dataset: Dataset) -> Path | None:
