@@ -106,7 +106,24 @@ def build_parser() -> argparse.ArgumentParser:
     from omnisdk.plugin_manager import get_plugin_manager
 
     get_plugin_manager().hook.omnisdk_register_commands(subparsers=sub)
+    _accept_debug_everywhere(parser)
     return parser
+
+
+def _accept_debug_everywhere(parser: argparse.ArgumentParser) -> None:
+    """Let `--debug` follow any (sub)command too, as in `omnisdk embed --debug ...`.
+
+    Our one-line errors say "run with --debug", and users add it at the end. SUPPRESS keeps a
+    subcommand that was not given it from resetting the top-level flag to False.
+    """
+    for action in parser._actions:  # argparse exposes subparsers only through this attribute
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for subparser in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
+            if "--debug" not in subparser._option_string_actions:
+                subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                       help="show full tracebacks and debug logs")
+            _accept_debug_everywhere(subparser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -116,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _quiet_libraries(debug)
     try:
         args = build_parser().parse_args(argv)
+        debug = bool(getattr(args, "debug", False))  # "--debug" as a value (a text to embed) is not the flag
         return int(args.func(args) or 0)
     except OmniError as exc:
         if debug:
