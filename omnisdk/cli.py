@@ -207,23 +207,35 @@ def cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
     from omnisdk.model import OmniModel
+    from omnisdk.special_files import PipeSpool
 
     model = OmniModel.load(args.model)
-    items = [parse_input(raw) for raw in args.inputs]
-    if args.chunks:
-        items = expand_chunks(model, items)
-    items = [_with_detected_modality(model, item) for item in items]
-    vectors, failures = model.encode(
-        items, batch_size=args.batch_size, role=args.role, show_progress=True, errors="ignore", return_errors=True
-    )
-    failed = {f.index: f.cause for f in failures}
+    with PipeSpool() as spool:
+        # Pipes are read here, once, before chunking or detection would open them; other special
+        # files are refused here, before anything opens them.
+        entries = [_resolve(spool, parse_input(raw)) for raw in args.inputs]
+        if args.chunks:
+            entries = [pair for item, cause in entries
+                       for pair in ([(item, cause)] if cause else [(c, None) for c in expand_chunks(model, [item])])]
+        items = [item if cause else _with_detected_modality(model, item) for item, cause in entries]
+        good = [i for i, (_, cause) in enumerate(entries) if cause is None]
+        vectors = np.full((len(items), model.dim), np.nan, dtype=np.float32)
+        encoded, failures = model.encode(
+            [items[i] for i in good], batch_size=args.batch_size, role=args.role, show_progress=True, errors="ignore",
+            return_errors=True,
+        )
+    vectors[good] = encoded
+    failed = {good[f.index]: f.cause for f in failures}
+    failed.update({i: cause for i, (_, cause) in enumerate(entries) if cause})
+    failed = dict(sorted(failed.items()))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         np.save(args.out, vectors)
     rows = []
     for i, item in enumerate(items):
         plugin = model.plugins.get(item.modality or "")
-        label = item.label() if item.locator is None or plugin is None else f"{item.path} [{plugin.describe_locator(item.locator)}]"
+        source = item.meta.get("source", item.path)
+        label = item.label() if item.locator is None or plugin is None else f"{source} [{plugin.describe_locator(item.locator)}]"
         row: dict[str, Any] = {"input": label, "modality": item.modality or "", "locator": item.locator.to_dict() if item.locator else None}
         if i in failed:
             row["error"] = failed[i]
@@ -237,6 +249,16 @@ def cmd_embed(args: argparse.Namespace) -> int:
     for i, cause in failed.items():
         print(f"omnisdk: failed: {items[i].label()}: {cause}", file=sys.stderr)
     return EXIT_ITEMS_FAILED if failed else 0
+
+
+def _resolve(spool, item):
+    """(item to embed, None), or (item, why it is refused): a pipe is spooled, another special file refused."""
+    from omnisdk.special_files import SpecialFileError
+
+    try:
+        return spool.resolve(item), None
+    except SpecialFileError as exc:
+        return item, str(exc)
 
 
 def _with_detected_modality(model, item):

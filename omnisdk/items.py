@@ -60,7 +60,8 @@ class Item:
     def label(self) -> str:
         if self.path is not None:
             where = f" [{self.locator}]" if self.locator else ""
-            return f"{self.path}{where}"
+            # a pipe read into a temporary file is named as the user named it (special_files.PipeSpool)
+            return f"{self.meta.get('source', self.path)}{where}"
         if self.text is not None:
             return repr(self.text)
         return f"<{type(self.data).__name__}>"

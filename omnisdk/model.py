@@ -26,6 +26,7 @@ from omnisdk.modality import (
     parameter_owner,
 )
 from omnisdk.plugin_manager import get_modality, get_plugin_manager, modality_classes
+from omnisdk.special_files import PipeSpool, SpecialFileError
 from omnisdk.timing import PhaseTimer
 
 log = logging.getLogger(__name__)
@@ -294,10 +295,12 @@ class OmniModel(nn.Module):
         failures: list[ItemError] = []
         groups: dict[str, list[int]] = defaultdict(list)
         classes = modality_classes()
+        spool = PipeSpool()  # a pipe named as a file is read once into it; other special files are refused
         for i, item in enumerate(items):
             try:
+                item = spool.resolve(item)
                 modality = self.detect(item, classes)
-            except ModalityDetectionError as exc:
+            except (ModalityDetectionError, SpecialFileError) as exc:
                 failures.append(ItemError(i, item, str(exc)))
                 continue
             if modality not in self.plugins:
@@ -316,6 +319,7 @@ class OmniModel(nn.Module):
                     self._encode_chunk(modality, [items[i] for i in chunk], chunk, role, out, failures, timer)
                     progress.update(len(chunk))
         progress.close()
+        spool.close()
         failures.sort(key=lambda e: e.index)
         self._report(failures, errors, out)
         return (out, failures) if return_errors else out
