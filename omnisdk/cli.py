@@ -192,12 +192,12 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def parse_input(raw: str):
-    """An existing path is a file; anything else is text."""
+    """An existing path (or a symlink, even dangling or looping: its error names it) is a file; anything else is text."""
     from omnisdk.items import Item
 
     path = Path(raw)
     try:
-        exists = path.exists()
+        exists = path.exists() or path.is_symlink()
     except OSError:  # a long sentence can exceed the OS's path-length limit
         exists = False
     return Item.of_file(path) if exists else Item.of_text(raw)

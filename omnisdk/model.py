@@ -336,7 +336,12 @@ class OmniModel(nn.Module):
         if prepared.ok:
             with timer.phase("encode"):
                 vectors = self.forward_batch(modality, prepared.batch, role).cpu().numpy()
-            out[[positions[j] for j in prepared.ok]] = vectors
+            finite = np.isfinite(vectors).all(axis=1)
+            for j, row_ok in zip(prepared.ok, finite):  # extreme input (1e30 samples) can overflow to NaN
+                if not row_ok:
+                    failures.append(ItemError(positions[j], chunk_items[j], "the model gave a non-finite vector (NaN or "
+                                              "Inf): the input's values are out of range"))
+            out[[positions[j] for j, row_ok in zip(prepared.ok, finite) if row_ok]] = vectors[finite]
 
     @staticmethod
     def _report(failures: list[ItemError], policy: ErrorPolicy, out: np.ndarray) -> None:
