@@ -20,6 +20,7 @@ shared, decoder-neutral version.
 """
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import importlib
 import logging
@@ -30,8 +31,9 @@ import re
 import signal
 import sys
 import tempfile
+import threading
 import warnings
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from omnisdk.errors import OmniError
 
@@ -238,6 +240,33 @@ def _close_inherited_descriptors(keep: int) -> None:
     os.closerange(keep + 1, 1 << 16)
 
 
+_STDERR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def captured_stderr() -> Iterator[list[str]]:
+    """Send this process's fd 2 to a temporary file for the block; the list gets its decoder lines.
+
+    For C decoders run in-process (libsndfile's mpg123 prints "Cannot read next header" on random
+    bytes). Only for short calls: Python's own stderr writes in that window are captured too, and a
+    lock keeps two threads from swapping fd 2 at once.
+    """
+    lines: list[str] = []
+    with _STDERR_LOCK, tempfile.TemporaryFile() as sink:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines.extend(decoder_lines(sink.read(_LOG_TAIL_BYTES).decode("utf-8", "replace")))
+            if lines:
+                _log.debug("a decoder wrote to stderr: %s", "; ".join(lines))
+
+
 def _append_only_tempfile():
     """An unlinked temporary file whose every write appends, so truncating it rewinds the writer too."""
     import fcntl
@@ -248,8 +277,9 @@ def _append_only_tempfile():
     return handle
 
 
-# FFmpeg's "[mov,mp4 @ 0x55...] " and decord's "[10:38:50] /src/video_reader.cc:83: " prefixes.
-_LOG_PREFIX = re.compile(r"^(\[[^\]]* @ 0x[0-9a-f]+\]\s*|\[[\d:]+\]\s+\S+:\d+:\s*)+")
+# FFmpeg's "[mov,mp4 @ 0x55...] ", decord's "[10:38:50] /src/video_reader.cc:83: " and mpg123's
+# "[src/libmpg123/parse.c:do_readahead():1083] " prefixes.
+_LOG_PREFIX = re.compile(r"^(\[[^\]]* @ 0x[0-9a-f]+\]\s*|\[[\d:]+\]\s+\S+:\d+:\s*|\[[^\]\s]+:\d+\]\s*)+")
 
 
 def decoder_lines(captured: str, message: str = "") -> list[str]:

@@ -58,3 +58,28 @@ def test_decoder_lines_dedupe_strip_prefixes_and_skip_what_the_message_says():
     captured = "[mov @ 0x1] moov atom not found\n\n[mov @ 0x2] moov atom not found\nInvalid data\n" + "x" * 500 + "\n"
     assert decoder_lines(captured, "failed: Invalid data") == ["moov atom not found", "x" * 150 + "..."]
     assert decoder_lines("", "anything") == []
+    assert decoder_lines("[src/libmpg123/parse.c:do_readahead():1083] warning: Cannot read next header\n") == [
+        "warning: Cannot read next header"]
+
+
+def test_in_process_decoder_chatter_is_captured_for_the_error(tmp_path, capfd):
+    from omnisdk.isolation import captured_stderr
+
+    with captured_stderr() as lines:
+        os.write(2, b"[src/libmpg123/parse.c:do_readahead():1083] warning: Cannot read next header, a one-frame stream? Duh...\n")
+    print("after", file=__import__("sys").stderr)  # fd 2 is back
+    assert lines == ["warning: Cannot read next header, a one-frame stream? Duh..."]
+    err = capfd.readouterr().err
+    assert "libmpg123" not in err and "after" in err
+
+
+def test_audio_garbage_names_the_cause_without_leaking_mpg123(tmp_path, capfd, tiny_model_factory):
+    import numpy as np
+
+    bad = tmp_path / "garbage.wav"
+    bad.write_bytes(np.random.default_rng(1).bytes(4096))  # libsndfile tries MPEG on it, and mpg123 complains
+    model = tiny_model_factory(modalities=["text", "audio"])
+    _, failures = model.encode([bad], errors="ignore", return_errors=True, show_progress=False)
+    assert "cannot decode garbage.wav as audio: no audio format recognised" in failures[0].cause
+    assert "possibly a pipe" not in failures[0].cause
+    assert "libmpg123" not in capfd.readouterr().err
