@@ -19,6 +19,7 @@ import pytest
 
 from omnisdk.cli import EXIT_ERROR, EXIT_ITEMS_FAILED, main
 from omnisdk.errors import OmniError
+from omnisdk.items import Item
 from omnisdk.special_files import PipeSpool, SpecialFileError, read_pipe, special_kind
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo") or not os.path.exists("/dev/zero"), reason="needs POSIX FIFOs and /dev/zero")
@@ -94,7 +95,7 @@ def test_spool_names_the_pipe_and_detects_its_content(tmp_path):
     os.mkfifo(tmp_path / "63")
     feed(tmp_path / "63", b"\x89PNG\r\n\x1a\n" + b"\0" * 32)
     with PipeSpool() as spool:
-        item = spool.resolve(__import__("omnisdk.items", fromlist=["Item"]).Item.of_file(tmp_path / "63"))
+        item = spool.resolve(Item.of_file(tmp_path / "63"))
         assert item.path.name == "63.png" and item.path.read_bytes()[:4] == b"\x89PNG"
         assert item.label() == str(tmp_path / "63") and item.meta["source"] == str(tmp_path / "63")
         spooled = item.path
