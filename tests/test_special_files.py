@@ -159,7 +159,7 @@ def test_search_refuses_a_socket_and_reads_a_pipe(media, tmp_path, capsys):
     assert piped["hits"][0]["source"].endswith("red.png") and piped["hits"] == direct["hits"]
 
 
-def test_index_counts_a_named_special_root_as_skipped(media, tmp_path, capsys):
+def test_index_given_a_socket_or_device_as_root_indexes_nothing_and_returns(media, tmp_path, capsys):
     root = media["root"]
     code = main(["index", str(root / "sock.wav"), "/dev/zero", "--model", str(root / "model"), "--collection", "c",
                  "--store", str(tmp_path / "store"), "--json", "--no-progress"])

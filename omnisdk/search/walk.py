@@ -36,7 +36,7 @@ def walk(roots: Iterable[Path]) -> Walk:
     seen: set[Path] = set()
     for root in roots:
         root = Path(root).resolve()
-        if not root.is_dir():  # a file, or a FIFO/socket/device named as a root: counted as skipped "special"
+        if root.is_file():
             _add(result, seen, root)
             continue
         for directory, dirnames, filenames in os.walk(root, followlinks=False):
