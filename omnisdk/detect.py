@@ -1,6 +1,8 @@
 """Fallback modality detection: explicit modality, Python type, file extension, then magic bytes."""
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import Mapping
 
@@ -24,8 +26,10 @@ _MAGIC: list[tuple[int, bytes, str]] = [
 
 
 def sniff_extension(path: Path) -> str | None:
-    """The extension a file's first bytes imply, or None."""
+    """The extension a file's first bytes imply, or None (also for a FIFO or device: opening one can block)."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
         with open(path, "rb") as fh:
             head = fh.read(16)
     except OSError:

@@ -89,10 +89,30 @@ class Item:
     def label(self) -> str:
         if self.path is not None:
             where = f" [{self.locator}]" if self.locator else ""
-            return f"{self.path}{where}"
+            # a pipe read into a temporary file is named as the user named it (special_files.PipeSpool)
+            return printable(f"{self.meta.get('source', self.path)}{where}")
         if self.text is not None:
             return repr(self.text)
         return f"<{type(self.data).__name__}>"
+
+
+def printable(text: str) -> str:
+    """`text` fit for one line of a terminal or log: control characters and undecodable bytes escaped.
+
+    A file may be named with a newline, or with bytes in no encoding (Python holds those as lone
+    surrogates, which a strict UTF-8 stdout cannot print).
+    """
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if "\udc80" <= ch <= "\udcff":  # a byte os.fsdecode could not decode
+            out.append(f"\\x{ord(ch) - 0xDC00:02x}")
+        elif ch == " " or ch.isprintable():
+            out.append(ch)
+        else:
+            out.append(repr(ch)[1:-1])
+    return "".join(out)
 
 
 def as_item(obj: Any) -> Item:

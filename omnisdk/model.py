@@ -29,6 +29,7 @@ from omnisdk.modality import (
     parameter_owner,
 )
 from omnisdk.plugin_manager import get_modality, get_plugin_manager, modality_classes
+from omnisdk.special_files import PipeSpool, SpecialFileError
 from omnisdk.timing import PhaseTimer
 
 if TYPE_CHECKING:
@@ -343,10 +344,12 @@ class OmniModel(nn.Module):
         failures: list[ItemError] = []
         groups: dict[str, list[int]] = defaultdict(list)
         classes = modality_classes()
+        spool = PipeSpool()  # a pipe named as a file is read once into it; other special files are refused
         for i, item in enumerate(items):
             try:
+                item = spool.resolve(item)
                 modality = self.detect(item, classes)
-            except ModalityDetectionError as exc:
+            except (ModalityDetectionError, SpecialFileError) as exc:
                 failures.append(ItemError(i, item, str(exc)))
                 continue
             if modality not in self.plugins:
@@ -365,6 +368,7 @@ class OmniModel(nn.Module):
                     self._encode_chunk(modality, [items[i] for i in chunk], chunk, role, out, failures, timer)
                     progress.update(len(chunk))
         progress.close()
+        spool.close()
         failures.sort(key=lambda e: e.index)
         self._report(failures, errors, out)
         return (out, failures) if return_errors else out
@@ -381,7 +385,12 @@ class OmniModel(nn.Module):
         if prepared.ok:
             with timer.phase("encode"):
                 vectors = self.forward_batch(modality, prepared.batch, role).cpu().numpy()
-            out[[positions[j] for j in prepared.ok]] = vectors
+            finite = np.isfinite(vectors).all(axis=1)
+            for j, row_ok in zip(prepared.ok, finite):  # extreme input (1e30 samples) can overflow to NaN
+                if not row_ok:
+                    failures.append(ItemError(positions[j], chunk_items[j], "the model gave a non-finite vector (NaN or "
+                                              "Inf): the input's values are out of range"))
+            out[[positions[j] for j, row_ok in zip(prepared.ok, finite) if row_ok]] = vectors[finite]
 
     @staticmethod
     def _report(failures: list[ItemError], policy: ErrorPolicy, out: np.ndarray) -> None:

@@ -94,6 +94,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from omnisdk.items import Item
     from omnisdk.search.searcher import Searcher
+    from omnisdk.special_files import check_regular_or_pipe, special_kind
     from omnisdk.store import open_store
     from omnisdk.tables import markdown_table
 
@@ -102,9 +103,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise OmniError("give one query: a text, or one of --image, --audio, --video, --document FILE")
     if files:
         kind, path = files[0]
-        if not path.is_file():
+        if not path.exists():
             raise OmniError(f"no such file: {path}")
-        query = Item.of_file(path.resolve(), kind)
+        check_regular_or_pipe(path)  # a socket or device is refused by name; a pipe is read once by encode
+        query = Item.of_file(path if special_kind(path) else path.resolve(), kind)  # /dev/fd/N must stay as given
     else:
         query = Item.of_text(args.text)
     modalities = [m.strip() for raw in args.modality or [] for m in raw.split(",") if m.strip()] or None
