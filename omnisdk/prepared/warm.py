@@ -40,7 +40,7 @@ def warm_cache(model: OmniModel, items: Iterable[tuple[Item, Role | None]], *, w
             seen.add(marker)
             groups[(item.modality, role_key)].append(item)
     total = sum(len(v) for v in groups.values())
-    show = (sys.stderr.isatty() and total > 64) if show_progress is None else show_progress
+    show = total > 64 if show_progress is None else show_progress  # a line every 30 s in a log
     bar = tqdm(total=total, desc=desc, unit="item", disable=not show, file=sys.stderr,
                mininterval=0.1 if sys.stderr.isatty() else 30.0)
     before = cache.stats.as_dict()
