@@ -48,26 +48,38 @@ class Pipeline:
 
     # -- stages -------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        """Every stage, each evaluated as soon as it exists; report.* is rewritten after each evaluation."""
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.json").write_text(self.config.model_dump_json(indent=2))
+        self.reports: dict[str, EvalReport] = {}
+        self.drift: DriftReport | None = None
         dataset = self._stage("data", self._data)
-        base = self._stage("base", self._base)
+        base = self._evaluated("base", self._stage("base", self._base), dataset)
         aligned = self._stage("align", lambda: self._align(base, dataset))
-        start = aligned or base
-        specialists = {p: self._stage(f"specialist:{p}", lambda p=p: self._specialist(start, p, dataset))
-                       for p in self.config.specialists}
-        fused = self._stage("fuse", lambda: self._fuse(start, specialists))
-        drift = self._stage("drift", lambda: self._drift(specialists, fused, dataset))
-        recovered = self._stage("recover", lambda: self._recover(fused, drift, dataset))
-        rehearsed = self._stage("rehearse", lambda: self._rehearse(recovered, dataset))
-        joint = self._stage("joint", lambda: self._joint(start, dataset)) if self.config.joint_baseline else None
-        stages = {"base": base, **({"aligned": aligned} if aligned else {}), **{f"specialist:{p}": d for p, d in specialists.items()}, "fused": fused,
-                  "recovered": recovered, "rehearsed": rehearsed, **({"joint": joint} if joint else {})}
-        reports = {name: self._stage(f"eval:{name}", lambda n=name, d=path: self._evaluate(n, d, dataset))
-                   for name, path in stages.items()}
+        start = self._evaluated("aligned", aligned, dataset) if aligned else base
+        specialists = {p: self._evaluated(f"specialist:{p}", self._stage(
+            f"specialist:{p}", lambda p=p: self._specialist(start, p, dataset)), dataset) for p in self.config.specialists}
+        fused = self._evaluated("fused", self._stage("fuse", lambda: self._fuse(start, specialists)), dataset)
+        self.drift = self._stage("drift", lambda: self._drift(specialists, fused, dataset))
+        recovered = self._stage("recover", lambda: self._recover(fused, self.drift, dataset))
+        self._evaluated("recovered", recovered, dataset)
+        self._evaluated("rehearsed", self._stage("rehearse", lambda: self._rehearse(recovered, dataset)), dataset)
+        if self.config.joint_baseline:
+            self._evaluated("joint", self._stage("joint", lambda: self._joint(start, dataset)), dataset)
+        return self._write_report()
+
+    def _evaluated(self, name: str, directory: Path, dataset: Dataset) -> Path:
+        """Evaluate a stage's checkpoint on the eval split (or reuse a matching report); returns the directory."""
+        self.reports[name] = self._stage(f"eval:{name}", lambda: self._evaluate(name, directory, dataset))
+        self._write_report()
+        return directory
+
+    def _write_report(self) -> dict[str, Any]:
         from omnisdk.pipeline.report import write_report
 
-        return write_report(self.out, self.config, reports, drift, self.timings, self.skipped)
+        drift = self.drift or DriftReport(split=self.config.dev_split, threshold=self.config.drift.threshold,
+                                          metric=self.config.drift.metric, plugins=[])
+        return write_report(self.out, self.config, self.reports, drift, self.timings, self.skipped)
 
     def _stage(self, name: str, work: Callable[[], Any]) -> Any:
         start = time.perf_counter()
