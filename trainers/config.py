@@ -62,6 +62,8 @@ class TrainConfig(BaseModel):
     tasks: list[str] | None = None
     #: modality -> share of each batch (rehearsal); None draws pairs uniformly from the pool.
     quotas: dict[str, float] | None = None
+    #: one modality per batch, modalities taking turns by their quotas (see BatchSchedule).
+    modality_batches: bool = False
     log_every: int = Field(10, ge=1)
 
     @model_validator(mode="after")

@@ -75,7 +75,8 @@ class ContrastiveTrainer:
         self.optimizer = torch.optim.AdamW(self._param_groups(trained), lr=config.learning_rate,
                                            weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(config))
-        self.schedule = BatchSchedule(pool, config.batch_size, config.seed, config.quotas, self.world.size)
+        self.schedule = BatchSchedule(pool, config.batch_size, config.seed, config.quotas, self.world.size,
+                                      by_modality=config.modality_batches)
 
     # -- which parameters train ---------------------------------------------------------------------
     def _select_trainable(self) -> dict[str, torch.nn.Parameter]:
@@ -242,7 +243,8 @@ class ContrastiveTrainer:
         return int(info["step"]), int(info["step"])
 
     def config_digest(self) -> str:
-        payload = self.config.model_dump(exclude={"checkpoint_every", "keep_checkpoints", "log_every"})
+        # Settings left at their defaults stay out, so a field added later does not orphan older runs.
+        payload = self.config.model_dump(exclude={"checkpoint_every", "keep_checkpoints", "log_every"}, exclude_defaults=True)
         payload["world_size"] = self.world.size
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
