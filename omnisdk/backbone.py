@@ -35,21 +35,19 @@ def refuse_pickles(directory: Path) -> None:
 
 
 def load_pretrained(source: str | Path, *, trust_remote_code: bool = False) -> tuple[Any, Any]:
-    """Load a Hugging Face backbone and its tokenizer from a local path (or a hub id where a network allows)."""
+    """Load a Hugging Face backbone and its tokenizer from a local directory or a hub id (through the HF cache)."""
     from transformers import AutoModel, AutoTokenizer
 
-    path = Path(source)
-    if path.exists():
-        if not path.is_dir():
-            raise CheckpointError(f"backbone source {path} is a file; name the directory that holds config.json")
-        refuse_pickles(path)
+    from omnisdk import hub
+
+    hub.check_local_dir(source, "backbone")
     try:
         model = AutoModel.from_pretrained(
             str(source), use_safetensors=True, trust_remote_code=trust_remote_code, attn_implementation="sdpa"
         )
         tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=trust_remote_code)
-    except OSError as exc:
-        raise CheckpointError(f"cannot load backbone '{source}': {exc}") from exc
+    except (OSError, ValueError) as exc:
+        raise hub.load_error("backbone", source, exc) from exc
     ensure_pad_token(tokenizer)
     return model, tokenizer
 
