@@ -129,3 +129,21 @@ def hub_cache(cache: Path, repo_id: str, source: Path, revision: str = "0" * 40)
     (entry / "refs" / "main").write_text(revision)
     shutil.copytree(source, entry / "snapshots" / revision, dirs_exist_ok=True)
     return entry
+
+
+def decoder_llm(directory: Path, model_type: str = "qwen2") -> Path:
+    """A tiny random Qwen2, Qwen3 or Llama with an offline byte-level BPE tokenizer (Llama's puts a BOS first)."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    from omnisdk.tokenizer_builder import build_bpe_tokenizer
+
+    bos = "<|begin_of_text|>" if model_type == "llama" else None
+    build_bpe_tokenizer(directory, bos_token=bos)
+    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    torch.manual_seed(SEED)
+    config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                  max_position_embeddings=256, eos_token_id=tokenizer.eos_token_id,
+                                  bos_token_id=tokenizer.bos_token_id, tie_word_embeddings=True)
+    AutoModel.from_config(config).save_pretrained(str(directory))
+    return directory
