@@ -220,8 +220,8 @@ class ImagePlugin(ModalityPlugin):
                        "image_size": image_tower.processor_size(processor),
                        "mean": list(processor.image_mean), "std": list(processor.image_std)}
         else:
-            kwargs = dict(self.config.tower_kwargs, num_classes=0)
-            tower, record = image_tower.load_timm(source, kwargs)
+            # The source fixes the architecture: a preset's tower_kwargs describe its random tower, not this one.
+            tower, record = image_tower.load_timm(source, {"num_classes": 0})
             update |= record
             update["image_size"] = int(tower.pretrained_cfg.get("input_size", (3, self.config.image_size))[-1])
             processor = None

@@ -75,13 +75,13 @@ def _vision_config(config: Any) -> Any:
 def _model_class(config: Any) -> type:
     from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
-    try:
-        return MODEL_MAPPING[type(config)]
-    except KeyError:
+    model_class = MODEL_MAPPING.get(type(config), None)
+    if model_class is None or getattr(model_class, "main_input_name", None) != "pixel_values":
         raise hub.CheckpointError(
-            f"transformers has no vision model class for config type {type(config).__name__}; "
-            "use a CLIP, SigLIP, DINOv2 or another AutoModel vision checkpoint"
-        ) from None
+            f"{type(config).__name__} ({model_class.__name__ if model_class else 'no AutoModel class'}) is not a "
+            "vision model taking pixel_values; use a CLIP, SigLIP, DINOv2 or another AutoModel vision checkpoint"
+        )
+    return model_class
 
 
 def load_hf_vision(source: str) -> tuple[HFVisionTower, Any, dict[str, Any], dict[str, Any]]:
@@ -89,14 +89,22 @@ def load_hf_vision(source: str) -> tuple[HFVisionTower, Any, dict[str, Any], dic
     from transformers import AutoConfig, AutoImageProcessor
 
     hub.check_local_dir(source, "image encoder")
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
     try:
         config = _vision_config(AutoConfig.from_pretrained(source, trust_remote_code=False))
+        # A whole CLIP or SigLIP holds a text tower too: its keys are "unexpected" by design, so the
+        # load report is silenced; missing keys, which would mean random weights, are checked below.
+        hf_logging.set_verbosity_error()
         model, info = _model_class(config).from_pretrained(
             source, config=config, use_safetensors=True, output_loading_info=True
         )
         processor = AutoImageProcessor.from_pretrained(source, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise hub.load_error("image encoder", source, exc) from exc
+    finally:
+        hf_logging.set_verbosity(verbosity)
     if info.get("missing_keys"):
         # A vision class applied to a checkpoint whose keys it does not know loads random weights: refuse.
         missing = sorted(info["missing_keys"])
@@ -163,7 +171,7 @@ def load_timm(source: str, kwargs: dict[str, Any]) -> tuple[nn.Module, dict[str,
             _, _, model_args = load_model_config_from_path(name[len("local-dir:") :])
         tower = timm.create_model(name, pretrained=True, **kwargs)
     except (OSError, RuntimeError, ValueError) as exc:
-        raise hub.load_error("image encoder", source.split(":", 1)[-1] if not hub.is_local(source) else source, exc) from exc
+        raise hub.load_error("image encoder", source, exc) from exc
     cfg = tower.pretrained_cfg
     record = {
         "tower": cfg.get("architecture") or name.split(".")[0],
