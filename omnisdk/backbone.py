@@ -1,6 +1,7 @@
 """The shared dense backbone: safe loading of any Hugging Face model, special-token framing, pooling."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal
 
@@ -87,18 +88,19 @@ def is_decoder_only(config: Any) -> bool:
     return kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 
-def decoder_setup(model: Any, tokenizer: Any, pooling: Pooling | None) -> tuple[Pooling, PaddingSide]:
-    """Pooling and padding for a new base: decoders pool an appended end token, left-padded; encoders mean-pool.
+def decoder_setup(model: Any, tokenizer: Any, pooling: Pooling | None) -> tuple[Any, Pooling, PaddingSide]:
+    """Tokenizer, pooling and padding for a new base: decoders pool an appended end token, left-padded.
 
-    The end token goes into the tokenizer's post-processor, so the text path, framing and the saved
-    tokenizer all carry it; left padding is the tokenizer's setting, saved with it.
+    Encoders (and decoders given another pooling) mean-pool, right-padded. The end token goes into
+    the tokenizer's post-processor, so the text path, framing and the saved tokenizer all carry it;
+    left padding is the tokenizer's setting, saved with it. The caller's tokenizer is not changed.
     """
-    if not is_decoder_only(model.config):
-        return pooling or "mean", "right"
+    if not is_decoder_only(model.config) or pooling not in (None, "last"):
+        return tokenizer, pooling or "mean", "right"
+    tokenizer = copy.deepcopy(tokenizer)
     tokenizer.padding_side = "left"
-    if (pooling or "last") == "last":
-        append_end_token(tokenizer)
-    return pooling or "last", "left"
+    append_end_token(tokenizer)
+    return tokenizer, "last", "left"
 
 
 def restore_tokenizer(tokenizer: Any, spec: BackboneSpec) -> None:
@@ -110,12 +112,12 @@ def restore_tokenizer(tokenizer: Any, spec: BackboneSpec) -> None:
 
 
 def append_end_token(tokenizer: Any) -> None:
-    """Make the tokenizer end every text with its EOS token (unless it already does); last-token pooling reads it."""
+    """Make the tokenizer end every text with its EOS token (unless it ends them with one already); last-token pooling reads it."""
+    if special_token_frame(tokenizer)[1]:
+        return  # it already ends texts with a special token (EOS, or BERT's [SEP]): that one is pooled
     eos, eos_id = tokenizer.eos_token, tokenizer.eos_token_id
     if eos is None:
         raise CheckpointError("a decoder backbone with last-token pooling needs an EOS token; its tokenizer has none")
-    if special_token_frame(tokenizer)[1][-1:] == [eos_id]:
-        return
     from tokenizers import processors
 
     # One template that keeps what the tokenizer put around a text (Llama's BOS) and appends the EOS;

@@ -103,7 +103,7 @@ class OmniModel(nn.Module):
         if seed is not None:
             torch.manual_seed(seed)
         instances = _instantiate_plugins(plugins)
-        pooling, padding_side = decoder_setup(backbone, tokenizer, pooling)
+        tokenizer, pooling, padding_side = decoder_setup(backbone, tokenizer, pooling)
         spec = spec_of(backbone, pooling, max_length, source, padding_side)
         return cls(backbone, tokenizer, instances, spec)
 
