@@ -172,7 +172,12 @@ class HFAudioEncoder(nn.Module):
     def featurize(self, waves: Sequence[torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         arrays = [w.numpy() for w in waves]
         if self.fixed_output:  # AST and CLAP pad (or repeat) to their own fixed input; no mask
-            out = self.feature_extractor(arrays, sampling_rate=self.sample_rate, return_tensors="pt")
+            kwargs = {}
+            if self.model_type == "clap_audio_model":
+                # An unfused CLAP takes one mel view; "fusion" makes four. Clips never exceed the window,
+                # so "rand_trunc" never actually crops at random here.
+                kwargs["truncation"] = "fusion" if self.model.config.enable_fusion else "rand_trunc"
+            out = self.feature_extractor(arrays, sampling_rate=self.sample_rate, return_tensors="pt", **kwargs)
             inputs = {k: (v.float() if v.is_floating_point() else v) for k, v in out.items() if k != "attention_mask"}
             return inputs, torch.full((len(waves),), -1, dtype=torch.long)  # -1: every output token is real
         padding = "max_length" if self.fixed_length else "longest"

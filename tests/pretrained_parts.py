@@ -28,13 +28,14 @@ def clip(directory: Path) -> Path:
     return directory
 
 
-def siglip_vision(directory: Path) -> Path:
-    from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
+def siglip(directory: Path) -> Path:
+    """A whole SigLIP (text and vision towers) with its image processor, as google/siglip-* checkpoints are."""
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
 
     torch.manual_seed(SEED)
-    config = SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                image_size=32, patch_size=8)
-    SiglipVisionModel(config).save_pretrained(str(directory))
+    text = dict(vocab_size=99, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8)
+    SiglipModel(SiglipConfig(text_config=text, vision_config=vision)).save_pretrained(str(directory))
     SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(str(directory))
     return directory
 

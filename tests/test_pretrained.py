@@ -34,7 +34,7 @@ def sources(tmp_path_factory):
     """name -> directory of each tiny checkpoint, built once per module."""
     root = tmp_path_factory.mktemp("sources")
     built = {name: getattr(parts, name)(root / name) for name in
-             ("clip", "siglip_vision", "dinov2", "timm_dir", "whisper", "clap", "ast", "wav2vec2")}
+             ("clip", "siglip", "dinov2", "timm_dir", "whisper", "clap", "ast", "wav2vec2")}
     built["hubert"] = parts.wav2vec2(root / "hubert", "hubert")
     for kind in ("qwen2", "qwen3", "llama"):
         built[kind] = parts.decoder_llm(root / kind, kind)
@@ -58,11 +58,11 @@ def _source_tower(name: str, directory: Path) -> dict[str, torch.Tensor]:
     from transformers import AutoModel
 
     model = AutoModel.from_pretrained(str(directory))
-    model = model.vision_model if name == "clip" else model  # a whole CLIP: its vision half
+    model = model.vision_model if name in ("clip", "siglip") else model  # a whole CLIP or SigLIP: its vision half
     return dict(model.state_dict())
 
 
-@pytest.mark.parametrize("name,kind,cls", [("clip", "hf", "CLIPVisionModel"), ("siglip_vision", "hf", "SiglipVisionModel"),
+@pytest.mark.parametrize("name,kind,cls", [("clip", "hf", "CLIPVisionModel"), ("siglip", "hf", "SiglipVisionModel"),
                                            ("dinov2", "hf", "Dinov2Model"), ("timm_dir", "timm", "vit_tiny_patch16_224")])
 def test_image_tower_loads_pretrained_weights_encodes_and_survives_its_source(sources, name, kind, cls, tmp_path):
     model = build_base("tiny", modalities=["image"], overrides={"image": {"tower_source": str(sources[name])}})
@@ -274,7 +274,7 @@ def test_timm_hf_hub_and_transformers_hub_ids_resolve_through_the_cache(sources,
 
     cache = tmp_path / "hf-cache"
     parts.hub_cache(cache, "timm/tiny-vit", sources["timm_dir"])
-    parts.hub_cache(cache, "tiny/siglip", sources["siglip_vision"])
+    parts.hub_cache(cache, "tiny/siglip", sources["siglip"])
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     model = build_base("tiny", modalities=["image"], overrides={"image": {"tower_source": "hf-hub:timm/tiny-vit"}})
     assert (model.plugins["image"].config.tower_kind, model.plugins["image"].config.mean) == ("timm", [0.5, 0.5, 0.5])
@@ -282,5 +282,22 @@ def test_timm_hf_hub_and_transformers_hub_ids_resolve_through_the_cache(sources,
     assert all(torch.equal(model.adapters["image"].tower.state_dict()[k], v) for k, v in source.items())
     model = build_base("tiny", modalities=["image"], overrides={"image": {"tower_source": "tiny/siglip"}})
     assert model.plugins["image"].config.tower == "SiglipVisionModel"
-    with pytest.raises(CheckpointError, match="'hf-hub:timm/absent'.*HF_HUB_OFFLINE|timm/absent.*HF_HUB_OFFLINE"):
+    with pytest.raises(CheckpointError, match="'hf-hub:timm/absent'.*HF_HUB_OFFLINE"):
         build_base("tiny", modalities=["image"], overrides={"image": {"tower_source": "hf-hub:timm/absent"}})
+
+
+@pytest.mark.parametrize("what,kwargs", [
+    ("backbone", {"backbone": "nobody/absent-llm"}),
+    ("audio encoder", {"modalities": ["audio"], "overrides": {"audio": {"encoder": "hf", "encoder_source": "nobody/absent-whisper"}}}),
+    ("image encoder", {"modalities": ["image"], "overrides": {"image": {"tower_source": "timm:vit_tiny_patch16_224.augreg_in21k"}}}),
+])
+def test_an_uncached_hub_id_offline_names_the_id_and_hf_hub_offline(what, kwargs, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(CheckpointError) as caught:
+        build_base("tiny", **kwargs)
+    message = str(caught.value)
+    source = next(iter(kwargs.get("overrides", {}).values()), {}).get("encoder_source") or kwargs.get("backbone") \
+        or kwargs["overrides"]["image"]["tower_source"]
+    assert f"the {what} '{source}'" in message and "HF_HUB_OFFLINE=1" in message
