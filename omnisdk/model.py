@@ -13,18 +13,8 @@ import torch
 from torch import nn
 
 from omnisdk import checkpoint as ckpt
-from omnisdk.backbone import (
-    BackboneSpec,
-    Pooling,
-    build_from_spec,
-    decoder_setup,
-    left_pad,
-    load_pretrained,
-    pool,
-    restore_tokenizer,
-    spec_of,
-    special_token_frame,
-)
+from omnisdk.backbone import BackboneSpec, Pooling, build_from_spec, load_pretrained, pool, spec_of, special_token_frame
+from omnisdk.backbone import decoder_setup, left_pad, restore_tokenizer
 from omnisdk.errors import ItemError, ItemErrors, ModalityDetectionError, OmniError
 from omnisdk.items import Item, as_item
 from omnisdk.modality import (

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from omnisdk import hub
+from omnisdk.errors import CheckpointError
 
 TowerKind = Literal["timm", "hf"]
 
@@ -77,7 +78,7 @@ def _model_class(config: Any) -> type:
 
     model_class = MODEL_MAPPING.get(type(config), None)
     if model_class is None or getattr(model_class, "main_input_name", None) != "pixel_values":
-        raise hub.CheckpointError(
+        raise CheckpointError(
             f"{type(config).__name__} ({model_class.__name__ if model_class else 'no AutoModel class'}) is not a "
             "vision model taking pixel_values; use a CLIP, SigLIP, DINOv2 or another AutoModel vision checkpoint"
         )
@@ -108,7 +109,7 @@ def load_hf_vision(source: str) -> tuple[HFVisionTower, Any, dict[str, Any], dic
     if info.get("missing_keys"):
         # A vision class applied to a checkpoint whose keys it does not know loads random weights: refuse.
         missing = sorted(info["missing_keys"])
-        raise hub.CheckpointError(
+        raise CheckpointError(
             f"the image encoder '{source}' lacks {len(missing)} weights of {type(model).__name__} "
             f"(e.g. {missing[:3]}); its tower is stored under other names: pass a vision-only checkpoint"
         )
@@ -126,7 +127,7 @@ def build_hf_vision(config_dict: dict[str, Any], processor_dict: dict[str, Any])
     name = processor_dict.get("image_processor_type")
     processor_class = get_image_processor_class_from_name(name) if name else None
     if processor_class is None:
-        raise hub.CheckpointError(f"the image processor type {name!r} is not one this transformers version knows")
+        raise CheckpointError(f"the image processor type {name!r} is not one this transformers version knows")
     fields = {k: v for k, v in processor_dict.items() if k != "image_processor_type"}
     return HFVisionTower(model), processor_class.from_dict(fields)
 
