@@ -40,12 +40,19 @@ def refuse_pickles(directory: Path) -> None:
 
 def load_pretrained(source: str | Path, *, trust_remote_code: bool = False) -> tuple[Any, Any]:
     """Load a Hugging Face backbone and its tokenizer from a local directory or a hub id (through the HF cache)."""
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     from omnisdk import hub
 
     hub.check_local_dir(source, "backbone")
     try:
+        config = AutoConfig.from_pretrained(str(source), trust_remote_code=trust_remote_code)
+        if getattr(config, "vision_config", None) is not None:  # checked before gigabytes of weights load
+            raise CheckpointError(
+                f"the backbone '{source}' is a vision-language model ({config.model_type}); omnisdk cannot use one "
+                "as the backbone yet. Pass a text model (an encoder, or a decoder LLM such as Qwen2 or Llama) as "
+                "--backbone, and a vision tower such as openai/clip-vit-base-patch32 as --image-encoder"
+            )
         model = AutoModel.from_pretrained(
             str(source), use_safetensors=True, trust_remote_code=trust_remote_code, attn_implementation="sdpa"
         )

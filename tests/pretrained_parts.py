@@ -148,3 +148,19 @@ def decoder_llm(directory: Path, model_type: str = "qwen2") -> Path:
                                   bos_token_id=tokenizer.bos_token_id, tie_word_embeddings=True)
     AutoModel.from_config(config).save_pretrained(str(directory))
     return directory
+
+
+def qwen2_vl(directory: Path) -> Path:
+    """A tiny random Qwen2-VL (language model and vision tower) with the offline BPE tokenizer."""
+    from transformers import AutoTokenizer, Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    from omnisdk.tokenizer_builder import build_bpe_tokenizer
+
+    build_bpe_tokenizer(directory)
+    vocab = len(AutoTokenizer.from_pretrained(str(directory)))
+    torch.manual_seed(SEED)
+    text = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                num_key_value_heads=2, rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]})
+    vision = dict(depth=1, embed_dim=16, hidden_size=32, num_heads=2, patch_size=4, spatial_merge_size=2, temporal_patch_size=2)
+    Qwen2VLForConditionalGeneration(Qwen2VLConfig(text_config=text, vision_config=vision)).save_pretrained(str(directory))
+    return directory
