@@ -6,11 +6,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, model_validator
 
 from omnisdk.errors import CheckpointError, UnsafeCheckpointError
 
-Pooling = Literal["mean", "cls", "last"]
+#: "compression": the mean of the CoMa compression tokens (omnisdk/compression.py) appended to every input.
+Pooling = Literal["mean", "cls", "last", "compression"]
 PaddingSide = Literal["left", "right"]
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
@@ -25,6 +26,14 @@ class BackboneSpec(BaseModel):
     padding_side: PaddingSide = "right"
     max_length: int = 256
     source: str | None = None  # where the weights first came from, for the lineage
+    #: learned compression tokens inside the backbone (CoMa warm-up); 0: none.
+    compression_tokens: int = 0
+
+    @model_validator(mode="after")
+    def _compression_pooling_needs_tokens(self) -> "BackboneSpec":
+        if self.pooling == "compression" and self.compression_tokens < 1:
+            raise ValueError("pooling 'compression' needs compression tokens: run `omnisdk warmup --method coma` first")
+        return self
 
 
 def refuse_pickles(directory: Path) -> None:
@@ -173,6 +182,8 @@ def special_token_frame(tokenizer: Any) -> tuple[list[int], list[int]]:
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, how: Pooling) -> torch.Tensor:
     """Reduce token states [B, T, H] to one vector per row, counting only real tokens."""
+    if how == "compression":
+        raise ValueError("compression pooling needs the tokens' positions: use omnisdk.compression.pool")
     if how == "cls":
         return hidden[:, 0]
     if how == "last":

@@ -31,6 +31,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from omnisdk.hookspecs import hookimpl
+from omnisdk.isolation import captured_stderr
 from omnisdk.items import Item, Locator
 from omnisdk.modality import (
     BuildContext,
@@ -290,9 +291,10 @@ def _file_info(path: Path) -> tuple[int, int]:
     if path.stat().st_size == 0:
         raise ValueError("the file is empty (0 bytes)")
     try:
-        info = soundfile.info(str(path))
+        with captured_stderr() as chatter:  # libsndfile's mpg123 prints to fd 2 on random bytes
+            info = soundfile.info(str(path))
     except soundfile.LibsndfileError as exc:
-        raise ValueError(_decode_cause(path, exc)) from exc
+        raise ValueError(_decode_cause(path, exc, chatter)) from exc
     return int(info.frames), int(info.samplerate)
 
 
@@ -300,15 +302,20 @@ def _read_file(path: Path, start: int, stop: int) -> np.ndarray:
     import soundfile
 
     try:
-        samples, _ = soundfile.read(str(path), start=start, stop=stop, dtype="float32", always_2d=True)
+        with captured_stderr() as chatter:
+            samples, _ = soundfile.read(str(path), start=start, stop=stop, dtype="float32", always_2d=True)
     except soundfile.LibsndfileError as exc:
-        raise ValueError(_decode_cause(path, exc)) from exc
+        raise ValueError(_decode_cause(path, exc, chatter)) from exc
     return samples.mean(axis=1)
 
 
-def _decode_cause(path: Path, exc: Exception) -> str:
+def _decode_cause(path: Path, exc: Exception, chatter: Sequence[str] = ()) -> str:
     reason = getattr(exc, "error_string", None) or str(exc)
+    if "possibly a pipe" in reason:  # libsndfile's guess when no format matched; special files never get here
+        reason = "no audio format recognised"
     cause = f"cannot decode {path.name} as audio: {reason} (truncated, corrupt, or not audio)"
+    if chatter:
+        cause += f" [decoder log: {'; '.join(chatter)}]"
     if path.suffix.lower() == ".mp3":
         cause += "; MP3 needs libsndfile >= 1.1 (soundfile >= 0.12 wheels bundle it)"
     return cause

@@ -35,6 +35,9 @@ def register_eval_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plot", type=Path, help="write a bar chart of hit@1 and nDCG@10 per task (PNG, SVG or PDF)")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
     p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+    from omnisdk.trainers.commands import add_cache_flags
+
+    add_cache_flags(p)
     p.set_defaults(func=cmd_eval)
 
     c = sub.add_parser("eval-compare", help="compare eval reports side by side (stages, models, baselines)")
@@ -79,7 +82,9 @@ def _encoder(args: argparse.Namespace, dataset):
         return make_baseline(args.baseline, dataset, split=args.split, seed=args.seed), args.label or args.baseline
     from omnisdk.model import OmniModel
 
-    return OmniModel.load(args.model), args.label or args.model.resolve().name
+    from omnisdk.trainers.commands import cache_from
+
+    return OmniModel.load(args.model).use_cache(cache_from(args)), args.label or args.model.resolve().name
 
 
 def cmd_eval_compare(args: argparse.Namespace) -> int:
