@@ -27,9 +27,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_plugins)
 
-    p = sub.add_parser("init", help="build a base model offline from a preset")
+    p = sub.add_parser("init", help="build a base model from a preset, optionally with pretrained parts")
     p.add_argument("--preset", default="small", help="tiny (random, for tests) or small (pretrained MiniLM); default small")
-    p.add_argument("--backbone", help="a local Hugging Face checkpoint directory to use as the backbone instead")
+    p.add_argument("--backbone", help="a Hugging Face model (local directory or hub id) to use as the backbone instead")
+    p.add_argument("--image-encoder", help="a pretrained vision tower: transformers (directory or hub id, e.g. "
+                   "openai/clip-vit-base-patch32) or timm (timm:NAME, hf-hub:ORG/NAME)")
+    p.add_argument("--audio-encoder", help="a pretrained Hugging Face audio encoder (directory or hub id, e.g. "
+                   "openai/whisper-tiny); frozen while training, its projector trains")
     p.add_argument("--modalities", help="comma-separated modalities (default: every available plugin)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--trust-remote-code", action="store_true", help="allow the backbone's own Python code to run")
@@ -181,8 +185,16 @@ def cmd_init(args: argparse.Namespace) -> int:
     from omnisdk.presets import build_base
 
     modalities = [m.strip() for m in args.modalities.split(",")] if args.modalities else None
+    overrides: dict[str, dict[str, Any]] = {}
+    if args.image_encoder:
+        overrides["image"] = {"tower_source": args.image_encoder}
+    if args.audio_encoder:
+        overrides["audio"] = {"encoder": "hf", "encoder_source": args.audio_encoder}
+    if modalities is not None:
+        modalities += [m for m in overrides if m not in modalities]  # naming an encoder asks for its modality
     model = build_base(
-        args.preset, modalities=modalities, backbone=args.backbone, seed=args.seed, trust_remote_code=args.trust_remote_code
+        args.preset, modalities=modalities, backbone=args.backbone, seed=args.seed,
+        trust_remote_code=args.trust_remote_code, overrides=overrides,
     )
     manifest = model.save(args.out)
     params = sum(p.numel() for p in model.parameters())
@@ -325,7 +337,29 @@ def cmd_info(args: argparse.Namespace) -> int:
     print()
     print(markdown_table(["modality", "version", "package", "config"],
                          [[p.name, p.version, p.package, json.dumps(p.config, sort_keys=True)[:80]] for p in manifest.plugins]))
+    print()
+    print(markdown_table(["part", "what", "from"], model_parts(manifest)))
     return 0
+
+
+def model_parts(manifest) -> list[list[str]]:
+    """Each part of a model, what it is and where its starting weights came from, for `omnisdk info`."""
+    spec = manifest.backbone
+    rows = [["backbone", f"{spec.model_type} ({spec.pooling} pooling, {spec.padding_side} padding)", spec.source or "random init"]]
+    for plugin in manifest.plugins:
+        cfg = plugin.config
+        if "tower" in cfg:
+            kind = cfg.get("tower_kind", "timm")
+            where = cfg.get("tower_source") or cfg.get("tower_weights") or "random init"
+            rows.append([f"{plugin.name} tower", f"{cfg['tower']} ({'transformers' if kind == 'hf' else 'timm'}, shared)", where])
+        if "encoder" in cfg:
+            hf = cfg["encoder"] == "hf"
+            frozen = cfg.get("freeze_encoder") if cfg.get("freeze_encoder") is not None else hf
+            what = (cfg.get("encoder_config") or {}).get("model_type", "hf") if hf else "built-in log-mel transformer"
+            rows.append([f"{plugin.name} encoder", f"{what} (owned, {'frozen' if frozen else 'trained'})",
+                         (cfg.get("encoder_source") if hf else None) or "random init"])
+            rows.append([f"{plugin.name} projector", "MLP (owned, trained)", "random init"])
+    return rows
 
 
 def cmd_fuse(args: argparse.Namespace) -> int:

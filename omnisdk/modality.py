@@ -259,6 +259,13 @@ class ModalityPlugin(ABC):
         """Size estimates for many items at once; override when one batched call is cheaper."""
         return [self.length_hint(item) for item in items]
 
+    def frozen(self) -> list[str]:
+        """Adapter parameter patterns (fnmatch, relative to the adapter) that no training stage changes.
+
+        A pretrained encoder a plugin keeps as it is goes here; default: none.
+        """
+        return []
+
     def recovery_plan(self, adapter_prefix: str) -> RecoveryPlan | None:
         """Default recovery after fusion: train the owned parameters in full, freeze all else."""
         if not self.fusion.recovery or not self.fusion.owned:

@@ -17,6 +17,7 @@ from torch import nn
 from omnisdk import checkpoint as ckpt
 from omnisdk import compression
 from omnisdk.backbone import BackboneSpec, Pooling, build_from_spec, load_pretrained, pool, spec_of, special_token_frame
+from omnisdk.backbone import decoder_setup, left_pad, restore_tokenizer
 from omnisdk.errors import ItemError, ItemErrors, ModalityDetectionError, OmniError
 from omnisdk.items import Item, as_item
 from omnisdk.modality import (
@@ -85,7 +86,7 @@ class OmniModel(nn.Module):
         tokenizer: Any = None,
         plugins: Mapping[str, dict[str, Any] | None] | Sequence[str] | None = None,
         *,
-        pooling: Pooling = "mean",
+        pooling: Pooling | None = None,
         max_length: int = 256,
         trust_remote_code: bool = False,
         seed: int | None = 0,
@@ -93,7 +94,7 @@ class OmniModel(nn.Module):
         """A new base model: a pretrained (or given) backbone plus freshly initialised adapters.
 
         `plugins` maps modality names to their config dicts; None means every available plugin
-        with default settings.
+        with default settings. `pooling` None: mean for encoders, last token for decoder LLMs.
         """
         source = None
         if isinstance(backbone, (str, Path)):
@@ -105,7 +106,8 @@ class OmniModel(nn.Module):
         if seed is not None:
             torch.manual_seed(seed)
         instances = _instantiate_plugins(plugins)
-        spec = spec_of(backbone, pooling, max_length, source)
+        tokenizer, pooling, padding_side = decoder_setup(backbone, tokenizer, pooling)
+        spec = spec_of(backbone, pooling, max_length, source, padding_side)
         return cls(backbone, tokenizer, instances, spec)
 
     @classmethod
@@ -130,6 +132,7 @@ class OmniModel(nn.Module):
             plugin_cls = get_modality(entry.name, package=entry.package, extra=entry.extra)
             plugins[entry.name] = plugin_cls(entry.config)
         tokenizer = AutoTokenizer.from_pretrained(str(directory / ckpt.TOKENIZER_DIR), trust_remote_code=False)
+        restore_tokenizer(tokenizer, manifest.backbone)
         backbone = build_from_spec(manifest.backbone)
         model = cls(backbone, tokenizer, plugins, manifest.backbone, manifest.lineage)
         state = ckpt.load_weights(directory)
@@ -264,6 +267,10 @@ class OmniModel(nn.Module):
         positions = None
         if self.spec.pooling == "compression":
             tokens, positions = compression.append(tokens, compression.tokens_of(self.backbone))
+        elif self.spec.padding_side == "left":  # decoders: the pooled last token sits at the final position
+            embeds, mask, position_ids = left_pad(tokens.embeds, tokens.mask)
+            out = self.backbone(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids)
+            return out.last_hidden_state, mask, None
         out = self.backbone(inputs_embeds=tokens.embeds, attention_mask=tokens.mask)
         return out.last_hidden_state, tokens.mask, positions
 

@@ -82,12 +82,15 @@ class ContrastiveTrainer:
     def _select_trainable(self) -> dict[str, torch.nn.Parameter]:
         patterns = self.config.trainable or ["*"]
         lora = self.config.lora is not None
+        # What plugins keep as it is (a pretrained audio encoder) never trains, whatever `trainable` says.
+        frozen = [f"adapters.{m}.{pat}" for m, plugin in self.model.plugins.items() for pat in plugin.frozen()]
         chosen: dict[str, torch.nn.Parameter] = {}
         for name, p in self.model.named_parameters():
             if lora and name.startswith("backbone."):
                 keep = "lora_" in name  # peft already marked these; the frozen base weights stay frozen
             else:
                 keep = any(fnmatch.fnmatchcase(name, pat) for pat in patterns)
+                keep = keep and not any(fnmatch.fnmatchcase(name, pat) for pat in frozen)
             p.requires_grad_(keep)
             if keep:
                 chosen[name] = p
