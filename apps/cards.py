@@ -26,6 +26,8 @@ _BY_SUFFIX: dict[str, PreviewKind] = {
     ".md": "text",
 }
 _SNIPPET_CHARS = 280
+#: A text chunk's passage is the hit itself: shown in full up to this (a chunk is a few hundred tokens).
+_PASSAGE_CHARS = 2000
 
 CARD_CSS = """
 .omni-cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(240px, 1fr)); gap: 12px; }
@@ -38,7 +40,7 @@ CARD_CSS = """
 .omni-card .omni-meta { display: flex; justify-content: space-between; font-size: 0.85em; gap: 6px; }
 .omni-card .omni-score { font-weight: 600; font-variant-numeric: tabular-nums; }
 .omni-card .omni-source { font-size: 0.8em; word-break: break-all; opacity: 0.8; }
-.omni-card .omni-snippet { font-size: 0.85em; white-space: pre-wrap; max-height: 8em; overflow: hidden; }
+.omni-card .omni-snippet { font-size: 0.85em; white-space: pre-wrap; max-height: 12em; overflow: auto; }
 .omni-badge { border-radius: 4px; padding: 0 6px; background: var(--color-accent-soft, #eef); }
 .omni-empty { opacity: 0.7; padding: 12px; }
 """
@@ -54,6 +56,8 @@ def locator_text(locator: Locator | None, has_file: bool = True) -> str:
         if locator.t1 is not None:
             return f"{locator.t0:.1f}–{locator.t1:.1f} s"
         return f"from {locator.t0:.1f} s"
+    if locator.line0 is not None:
+        return locator.lines_text() + (f" · {' › '.join(locator.heading)}" if locator.heading else "")
     return "whole file"
 
 
@@ -111,7 +115,8 @@ def preview_html(hit: Hit) -> str:
     if kind == "audio" and src is not None:
         return f'<audio controls preload="none" src="{_attr(media_url(src, time_fragment(hit.locator)))}"></audio>'
     if hit.text:
-        snippet = hit.text if len(hit.text) <= _SNIPPET_CHARS else hit.text[:_SNIPPET_CHARS] + "…"
+        limit = _PASSAGE_CHARS if hit.locator is not None and hit.locator.line0 is not None else _SNIPPET_CHARS
+        snippet = hit.text if len(hit.text) <= limit else hit.text[:limit] + "…"
         return f'<div class="omni-snippet">{_text(snippet)}</div>'
     return ""
 

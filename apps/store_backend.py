@@ -96,8 +96,17 @@ class StoreBackend:
 
 
 def _source_dirs(store: Any, collection: str) -> list[Path]:
-    """The smallest set of folders holding every indexed file: the folders the app may serve from."""
-    folders = {Path(p.payload["source"]).parent for p in store.scroll(collection) if p.payload.get("source")}
+    """The smallest set of folders holding every indexed file: the folders the app may serve from.
+
+    Read from the roots the collection's metadata records (constant time); a collection indexed
+    before roots were recorded is scrolled once instead.
+    """
+    recorded = store.get_meta(collection).roots
+    if recorded:
+        # A root that is gone serves nothing (its parent would serve more than was indexed).
+        folders = {Path(r) if Path(r).is_dir() else Path(r).parent for r in recorded if Path(r).exists()}
+    else:
+        folders = {Path(p.payload["source"]).parent for p in store.scroll(collection) if p.payload.get("source")}
     kept: list[Path] = []
     for folder in sorted(folders, key=lambda f: len(f.parts)):
         if not any(folder.is_relative_to(k) for k in kept):

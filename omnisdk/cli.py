@@ -28,9 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_plugins)
 
-    p = sub.add_parser("init", help="build a base model offline from a preset")
+    p = sub.add_parser("init", help="build a base model from a preset, optionally with pretrained parts")
     p.add_argument("--preset", default="small", help="tiny (random, for tests) or small (pretrained MiniLM); default small")
-    p.add_argument("--backbone", help="a local Hugging Face checkpoint directory to use as the backbone instead")
+    p.add_argument("--backbone", help="a Hugging Face model (local directory or hub id) to use as the backbone instead")
+    p.add_argument("--image-encoder", help="a pretrained vision tower: transformers (directory or hub id, e.g. "
+                   "openai/clip-vit-base-patch32) or timm (timm:NAME, hf-hub:ORG/NAME)")
+    p.add_argument("--audio-encoder", help="a pretrained Hugging Face audio encoder (directory or hub id, e.g. "
+                   "openai/whisper-tiny); frozen while training, its projector trains")
     p.add_argument("--modalities", help="comma-separated modalities (default: every available plugin)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--trust-remote-code", action="store_true", help="allow the backbone's own Python code to run")
@@ -108,7 +112,24 @@ def build_parser() -> argparse.ArgumentParser:
     from omnisdk.plugin_manager import get_plugin_manager
 
     get_plugin_manager().hook.omnisdk_register_commands(subparsers=sub)
+    _accept_debug_everywhere(parser)
     return parser
+
+
+def _accept_debug_everywhere(parser: argparse.ArgumentParser) -> None:
+    """Let `--debug` follow any (sub)command too, as in `omnisdk embed --debug ...`.
+
+    Our one-line errors say "run with --debug", and users add it at the end. SUPPRESS keeps a
+    subcommand that was not given it from resetting the top-level flag to False.
+    """
+    for action in parser._actions:  # argparse exposes subparsers only through this attribute
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for subparser in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
+            if "--debug" not in subparser._option_string_actions:
+                subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                       help="show full tracebacks and debug logs")
+            _accept_debug_everywhere(subparser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -118,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _quiet_libraries(debug)
     try:
         args = build_parser().parse_args(argv)
+        debug = bool(getattr(args, "debug", False))  # "--debug" as a value (a text to embed) is not the flag
         return int(args.func(args) or 0)
     except OmniError as exc:
         if debug:
@@ -165,8 +187,16 @@ def cmd_init(args: argparse.Namespace) -> int:
     from omnisdk.presets import build_base
 
     modalities = [m.strip() for m in args.modalities.split(",")] if args.modalities else None
+    overrides: dict[str, dict[str, Any]] = {}
+    if args.image_encoder:
+        overrides["image"] = {"tower_source": args.image_encoder}
+    if args.audio_encoder:
+        overrides["audio"] = {"encoder": "hf", "encoder_source": args.audio_encoder}
+    if modalities is not None:
+        modalities += [m for m in overrides if m not in modalities]  # naming an encoder asks for its modality
     model = build_base(
-        args.preset, modalities=modalities, backbone=args.backbone, seed=args.seed, trust_remote_code=args.trust_remote_code
+        args.preset, modalities=modalities, backbone=args.backbone, seed=args.seed,
+        trust_remote_code=args.trust_remote_code, overrides=overrides,
     )
     manifest = model.save(args.out)
     params = sum(p.numel() for p in model.parameters())
@@ -176,12 +206,12 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def parse_input(raw: str):
-    """An existing path is a file; anything else is text."""
+    """An existing path (or a symlink, even dangling or looping: its error names it) is a file; anything else is text."""
     from omnisdk.items import Item
 
     path = Path(raw)
     try:
-        exists = path.exists()
+        exists = path.exists() or path.is_symlink()
     except OSError:  # a long sentence can exceed the OS's path-length limit
         exists = False
     return Item.of_file(path) if exists else Item.of_text(raw)
@@ -191,23 +221,35 @@ def cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
     from omnisdk.model import OmniModel
+    from omnisdk.special_files import PipeSpool
 
     model = OmniModel.load(args.model, precision=args.precision)
-    items = [parse_input(raw) for raw in args.inputs]
-    if args.chunks:
-        items = expand_chunks(model, items)
-    items = [_with_detected_modality(model, item) for item in items]
-    vectors, failures = model.encode(
-        items, batch_size=args.batch_size, role=args.role, show_progress=True, errors="ignore", return_errors=True
-    )
-    failed = {f.index: f.cause for f in failures}
+    with PipeSpool() as spool:
+        # Pipes are read here, once, before chunking or detection would open them; other special
+        # files are refused here, before anything opens them.
+        entries = [_resolve(spool, parse_input(raw)) for raw in args.inputs]
+        if args.chunks:
+            entries = [pair for item, cause in entries
+                       for pair in ([(item, cause)] if cause else [(c, None) for c in expand_chunks(model, [item])])]
+        items = [item if cause else _with_detected_modality(model, item) for item, cause in entries]
+        good = [i for i, (_, cause) in enumerate(entries) if cause is None]
+        vectors = np.full((len(items), model.dim), np.nan, dtype=np.float32)
+        encoded, failures = model.encode(
+            [items[i] for i in good], batch_size=args.batch_size, role=args.role, show_progress=True, errors="ignore",
+            return_errors=True,
+        )
+    vectors[good] = encoded
+    failed = {good[f.index]: f.cause for f in failures}
+    failed.update({i: cause for i, (_, cause) in enumerate(entries) if cause})
+    failed = dict(sorted(failed.items()))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         np.save(args.out, vectors)
     rows = []
     for i, item in enumerate(items):
         plugin = model.plugins.get(item.modality or "")
-        label = item.label() if item.locator is None or plugin is None else f"{item.path} [{plugin.describe_locator(item.locator)}]"
+        source = item.meta.get("source", item.path)
+        label = item.label() if item.locator is None or plugin is None else f"{source} [{plugin.describe_locator(item.locator)}]"
         row: dict[str, Any] = {"input": label, "modality": item.modality or "", "locator": item.locator.to_dict() if item.locator else None}
         if i in failed:
             row["error"] = failed[i]
@@ -221,6 +263,16 @@ def cmd_embed(args: argparse.Namespace) -> int:
     for i, cause in failed.items():
         print(f"omnisdk: failed: {items[i].label()}: {cause}", file=sys.stderr)
     return EXIT_ITEMS_FAILED if failed else 0
+
+
+def _resolve(spool, item):
+    """(item to embed, None), or (item, why it is refused): a pipe is spooled, another special file refused."""
+    from omnisdk.special_files import SpecialFileError
+
+    try:
+        return spool.resolve(item), None
+    except SpecialFileError as exc:
+        return item, str(exc)
 
 
 def _with_detected_modality(model, item):
@@ -287,7 +339,29 @@ def cmd_info(args: argparse.Namespace) -> int:
     print()
     print(markdown_table(["modality", "version", "package", "config"],
                          [[p.name, p.version, p.package, json.dumps(p.config, sort_keys=True)[:80]] for p in manifest.plugins]))
+    print()
+    print(markdown_table(["part", "what", "from"], model_parts(manifest)))
     return 0
+
+
+def model_parts(manifest) -> list[list[str]]:
+    """Each part of a model, what it is and where its starting weights came from, for `omnisdk info`."""
+    spec = manifest.backbone
+    rows = [["backbone", f"{spec.model_type} ({spec.pooling} pooling, {spec.padding_side} padding)", spec.source or "random init"]]
+    for plugin in manifest.plugins:
+        cfg = plugin.config
+        if "tower" in cfg:
+            kind = cfg.get("tower_kind", "timm")
+            where = cfg.get("tower_source") or cfg.get("tower_weights") or "random init"
+            rows.append([f"{plugin.name} tower", f"{cfg['tower']} ({'transformers' if kind == 'hf' else 'timm'}, shared)", where])
+        if "encoder" in cfg:
+            hf = cfg["encoder"] == "hf"
+            frozen = cfg.get("freeze_encoder") if cfg.get("freeze_encoder") is not None else hf
+            what = (cfg.get("encoder_config") or {}).get("model_type", "hf") if hf else "built-in log-mel transformer"
+            rows.append([f"{plugin.name} encoder", f"{what} (owned, {'frozen' if frozen else 'trained'})",
+                         (cfg.get("encoder_source") if hf else None) or "random init"])
+            rows.append([f"{plugin.name} projector", "MLP (owned, trained)", "random init"])
+    return rows
 
 
 def cmd_fuse(args: argparse.Namespace) -> int:

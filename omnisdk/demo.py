@@ -76,10 +76,22 @@ def run_demo(cache: Path | None = None, *, say: Callable[[str], None] = print, s
         _examples(paths, dataset, store, id_of_file, say)
     finally:
         store.close()
+    say("\n" + served_hit_table(paths))
     report = (paths.pipeline / "report.md").read_text()
     say("\n" + report.split("## hit@1")[0].strip())
     say(f"\nfull report: {paths.pipeline / 'report.md'}")
     return paths
+
+
+def served_hit_table(paths: DemoPaths) -> str:
+    """The test-split hit@1 of the model the demo serves, per task, beside chance."""
+    from omnisdk.eval.report import EvalReport
+    from omnisdk.tables import markdown_table
+
+    report = EvalReport.from_json(paths.pipeline / "evals" / f"{paths.model.name}.json")
+    rows = [[t.task, f"{t.metrics['hit@1']:.3f}", f"{t.chance:.3f}", str(t.n_queries)] for t in report.tasks]
+    return (f"hit@1 of the served model ({paths.model.name}) on the {report.split} split\n\n"
+            + markdown_table(["task", "hit@1", "chance", "queries"], rows))
 
 
 def _data(paths: DemoPaths, say) -> Dataset:

@@ -1,6 +1,8 @@
 """Fallback modality detection: explicit modality, Python type, file extension, then magic bytes."""
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import Mapping
 
@@ -24,8 +26,10 @@ _MAGIC: list[tuple[int, bytes, str]] = [
 
 
 def sniff_extension(path: Path) -> str | None:
-    """The extension a file's first bytes imply, or None."""
+    """The extension a file's first bytes imply, or None (also for a FIFO or device: opening one can block)."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
         with open(path, "rb") as fh:
             head = fh.read(16)
     except OSError:
@@ -45,6 +49,8 @@ def omnisdk_detect_modality(item: Item, modalities: Mapping[str, type[ModalityPl
     if item.path is not None:
         for suffix in dict.fromkeys((item.path.suffix.lower(), sniff_extension(item.path))):
             claims = [name for name, cls in modalities.items() if suffix and suffix in cls.extensions]
+            claims = claims or [name for name, cls in modalities.items()
+                                if suffix and suffix in getattr(cls, "fallback_extensions", ())]
             if claims:
                 return _only(claims, f"file type '{suffix}'")
         return None

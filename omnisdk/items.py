@@ -8,21 +8,50 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Locator:
-    """Where a chunk sits inside its file: a PDF page (1-based) or a time span in seconds."""
+    """Where a chunk sits inside its file.
+
+    - `page`: a PDF page or an e-book chapter (1-based), as the document plugin counts them.
+    - `t0`, `t1`: a time span in seconds (audio, video).
+    - `line0`, `line1`: a text chunk's lines (1-based, inclusive) in the file as read;
+      `heading`: the Markdown / reStructuredText / HTML headings the chunk sits under, outermost
+      first; `part`: a piece of one line too long for one window (1-based), else None.
+
+    Only the fields that are set appear in `to_dict`, so the stored form (and the point ids built
+    from it) of page and time locators is what it was before text locators existed.
+    """
 
     page: int | None = None
     t0: float | None = None
     t1: float | None = None
+    line0: int | None = None
+    line1: int | None = None
+    heading: tuple[str, ...] | None = None
+    part: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.heading is not None and not isinstance(self.heading, tuple):
+            object.__setattr__(self, "heading", tuple(self.heading))  # JSON gives a list; keep it hashable
 
     def __str__(self) -> str:
         if self.page is not None:
             return f"page {self.page}"
         if self.t0 is not None:
             return f"{self.t0:.2f}-{self.t1:.2f}s" if self.t1 is not None else f"from {self.t0:.2f}s"
+        if self.line0 is not None:
+            return self.lines_text() + (f" ({' > '.join(self.heading)})" if self.heading else "")
         return "whole"
 
+    def lines_text(self) -> str:
+        """'line 7', 'lines 7-42', 'line 7, part 2': the line range in words."""
+        if self.line0 is None:
+            return ""
+        text = f"line {self.line0}" if self.line1 in (None, self.line0) else f"lines {self.line0}-{self.line1}"
+        return text + (f", part {self.part}" if self.part is not None else "")
+
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in (("page", self.page), ("t0", self.t0), ("t1", self.t1)) if v is not None}
+        fields = (("page", self.page), ("t0", self.t0), ("t1", self.t1), ("line0", self.line0), ("line1", self.line1),
+                  ("heading", list(self.heading) if self.heading is not None else None), ("part", self.part))
+        return {k: v for k, v in fields if v is not None}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> Locator | None:
@@ -60,10 +89,30 @@ class Item:
     def label(self) -> str:
         if self.path is not None:
             where = f" [{self.locator}]" if self.locator else ""
-            return f"{self.path}{where}"
+            # a pipe read into a temporary file is named as the user named it (special_files.PipeSpool)
+            return printable(f"{self.meta.get('source', self.path)}{where}")
         if self.text is not None:
             return repr(self.text)
         return f"<{type(self.data).__name__}>"
+
+
+def printable(text: str) -> str:
+    """`text` fit for one line of a terminal or log: control characters and undecodable bytes escaped.
+
+    A file may be named with a newline, or with bytes in no encoding (Python holds those as lone
+    surrogates, which a strict UTF-8 stdout cannot print).
+    """
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if "\udc80" <= ch <= "\udcff":  # a byte os.fsdecode could not decode
+            out.append(f"\\x{ord(ch) - 0xDC00:02x}")
+        elif ch == " " or ch.isprintable():
+            out.append(ch)
+        else:
+            out.append(repr(ch)[1:-1])
+    return "".join(out)
 
 
 def as_item(obj: Any) -> Item:

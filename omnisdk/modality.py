@@ -10,7 +10,7 @@ import importlib.util
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
@@ -192,6 +192,9 @@ class ModalityPlugin(ABC):
     #: importable modules it needs; "a|b" means either will do.
     requires: ClassVar[tuple[str, ...]] = ()
     extensions: ClassVar[tuple[str, ...]] = ()
+    #: extensions it also reads, claimed only when no plugin lists them in `extensions` (the text
+    #: plugin reads .csv as text, but a plugin made for tables wins it).
+    fallback_extensions: ClassVar[tuple[str, ...]] = ()
     mime_types: ClassVar[tuple[str, ...]] = ()
     #: dotted names of Python types it takes in memory, matched against the MRO without importing.
     python_types: ClassVar[tuple[str, ...]] = ()
@@ -207,6 +210,13 @@ class ModalityPlugin(ABC):
             self.config = config
         else:
             self.config = self.Config.model_validate(config or {})
+        #: the runtime of the model that owns this plugin (see `bind`); None for a plugin on its own.
+        self.runtime: Runtime | None = None
+
+    def bind(self, runtime: Runtime) -> None:
+        """Called by the model that owns this plugin once it is built: `chunk` may then size windows
+        by the model's tokenizer and content budget."""
+        self.runtime = runtime
 
     # -- the two methods a plugin must write ------------------------------------------------
     @abstractmethod
@@ -230,7 +240,7 @@ class ModalityPlugin(ABC):
 
     @classmethod
     def accepts_path(cls, path: Path) -> bool:
-        return path.suffix.lower() in cls.extensions
+        return path.suffix.lower() in cls.extensions + cls.fallback_extensions
 
     @classmethod
     def accepts_object(cls, obj: Any) -> bool:
@@ -249,6 +259,13 @@ class ModalityPlugin(ABC):
         """Size estimates for many items at once; override when one batched call is cheaper."""
         return [self.length_hint(item) for item in items]
 
+    def frozen(self) -> list[str]:
+        """Adapter parameter patterns (fnmatch, relative to the adapter) that no training stage changes.
+
+        A pretrained encoder a plugin keeps as it is goes here; default: none.
+        """
+        return []
+
     def recovery_plan(self, adapter_prefix: str) -> RecoveryPlan | None:
         """Default recovery after fusion: train the owned parameters in full, freeze all else."""
         if not self.fusion.recovery or not self.fusion.owned:
@@ -257,6 +274,30 @@ class ModalityPlugin(ABC):
 
     def describe_locator(self, locator: Locator | None) -> str:
         return str(locator) if locator else ""
+
+    # -- rows, for the prepared-input cache ------------------------------------------------------
+    def split_rows(self, batch: Any, count: int) -> list[dict[str, Any]]:
+        """Cut a `preprocess` batch into one row per item; override to drop per-batch padding."""
+        from omnisdk.batching import split_rows
+
+        return split_rows(batch, count)
+
+    def collate_rows(self, rows: Sequence[dict[str, Any]], runtime: Runtime) -> Any:
+        """Assemble rows (possibly prepared at different times) into a batch `preprocess` could have made."""
+        from omnisdk.batching import collate_rows
+
+        return collate_rows(rows)
+
+
+def dependencies_of(plugins: Mapping[str, ModalityPlugin], name: str) -> list[str]:
+    """`name` and every plugin it uses, transitively (video uses image's tower), `name` first."""
+    out, pending = [], [name]
+    while pending:
+        current = pending.pop(0)
+        if current not in out:
+            out.append(current)
+            pending += list(plugins[current].uses)
+    return out
 
 
 def run_per_item(

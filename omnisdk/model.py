@@ -4,17 +4,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import threading
 import warnings
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from omnisdk import checkpoint as ckpt
+from omnisdk import compression
 from omnisdk.backbone import BackboneSpec, Pooling, build_from_spec, load_pretrained, pool, spec_of, special_token_frame
+from omnisdk.backbone import decoder_setup, left_pad, restore_tokenizer
 from omnisdk.errors import ItemError, ItemErrors, ModalityDetectionError, OmniError
 from omnisdk.items import Item, as_item
 from omnisdk.modality import (
@@ -28,7 +31,11 @@ from omnisdk.modality import (
 )
 from omnisdk.plugin_manager import get_modality, get_plugin_manager, modality_classes
 from omnisdk.precision import Precision, check_precision
+from omnisdk.special_files import PipeSpool, SpecialFileError
 from omnisdk.timing import PhaseTimer
+
+if TYPE_CHECKING:
+    from omnisdk.prepared import PreparedCache
 
 log = logging.getLogger(__name__)
 Role = Literal["query", "document"]
@@ -51,6 +58,7 @@ class OmniModel(nn.Module):
             # BERT-style pooler heads are never used by our pooling; dropping them keeps every
             # parameter trained (DDP insists) and out of task vectors.
             backbone.pooler = None
+        compression.attach(backbone, spec.compression_tokens)  # before loading: they are backbone weights
         self.backbone = backbone
         self.tokenizer = tokenizer
         self.spec = spec
@@ -61,10 +69,15 @@ class OmniModel(nn.Module):
         self._prefix_ids, self._suffix_ids = special_token_frame(tokenizer)
         self._instruction_cache: dict[str, list[int]] = {}
         self.precision = "fp32"
+        self.prepared_cache: PreparedCache | None = None
+        # One fast tokenizer must not be used from two threads at once (a prefetch thread tokenises
+        # text while the training thread embeds a page's text).
+        self._tokenizer_lock = threading.RLock()
         build = BuildContext(hidden_size=self.hidden_size, tokenizer=tokenizer, plugins=self.plugins)
         self.adapters = nn.ModuleDict()
         for name, plugin in self.plugins.items():
             self.adapters[name] = plugin.build_adapter(build)
+            plugin.bind(self.runtime)
         self.eval()
 
     # -- construction -----------------------------------------------------------------------------
@@ -75,7 +88,7 @@ class OmniModel(nn.Module):
         tokenizer: Any = None,
         plugins: Mapping[str, dict[str, Any] | None] | Sequence[str] | None = None,
         *,
-        pooling: Pooling = "mean",
+        pooling: Pooling | None = None,
         max_length: int = 256,
         trust_remote_code: bool = False,
         seed: int | None = 0,
@@ -83,7 +96,7 @@ class OmniModel(nn.Module):
         """A new base model: a pretrained (or given) backbone plus freshly initialised adapters.
 
         `plugins` maps modality names to their config dicts; None means every available plugin
-        with default settings.
+        with default settings. `pooling` None: mean for encoders, last token for decoder LLMs.
         """
         source = None
         if isinstance(backbone, (str, Path)):
@@ -95,7 +108,8 @@ class OmniModel(nn.Module):
         if seed is not None:
             torch.manual_seed(seed)
         instances = _instantiate_plugins(plugins)
-        spec = spec_of(backbone, pooling, max_length, source)
+        tokenizer, pooling, padding_side = decoder_setup(backbone, tokenizer, pooling)
+        spec = spec_of(backbone, pooling, max_length, source, padding_side)
         return cls(backbone, tokenizer, instances, spec)
 
     @classmethod
@@ -124,6 +138,7 @@ class OmniModel(nn.Module):
             plugin_cls = get_modality(entry.name, package=entry.package, extra=entry.extra)
             plugins[entry.name] = plugin_cls(entry.config)
         tokenizer = AutoTokenizer.from_pretrained(str(directory / ckpt.TOKENIZER_DIR), trust_remote_code=False)
+        restore_tokenizer(tokenizer, manifest.backbone)
         backbone = build_from_spec(manifest.backbone)
         model = cls(backbone, tokenizer, plugins, manifest.backbone, manifest.lineage)
         model.precision = precision
@@ -229,29 +244,71 @@ class OmniModel(nn.Module):
             raise ModalityDetectionError(f"no installed plugin accepts {what} (modalities: {', '.join(sorted(classes))})")
         return found
 
-    def prepare(self, modality: str, items: Sequence[Item], role: Role | None = None) -> Prepared:
-        """Preprocess items of one modality into a batch on this model's device."""
+    def use_cache(self, cache: PreparedCache | str | Path | None = "default") -> OmniModel:
+        """Serve `prepare` from a prepared-input cache: a PreparedCache, a directory, "default"
+        ($OMNISDK_CACHE_DIR or the user cache directory), or None to turn caching off."""
+        from omnisdk.prepared import PreparedCache
+
+        if cache is None or isinstance(cache, PreparedCache):
+            self.prepared_cache = cache
+        else:
+            self.prepared_cache = PreparedCache(None if cache == "default" else cache)
+        return self
+
+    def prepare(self, modality: str, items: Sequence[Item], role: Role | None = None, *,
+                to_device: bool = True) -> Prepared:
+        """Preprocess items of one modality into a batch (on this model's device unless `to_device=False`).
+
+        With a prepared-input cache (`use_cache`), rows prepared before are read instead of decoded.
+        """
         plugin = self.plugins[modality]
         if modality == "text" and role is not None:
             instruction = getattr(plugin.instructions, role)
             if instruction:
                 items = [Item.of_text(instruction + (it.text or "")) for it in items]
-        prepared = plugin.preprocess(items, self.runtime)
-        prepared.batch = _to_device(prepared.batch, self.device)
+        with self._tokenizer_lock if modality == "text" else contextlib.nullcontext():
+            if self.prepared_cache is not None:
+                prepared = self.prepared_cache.prepare(self, modality, items)
+            else:
+                prepared = plugin.preprocess(items, self.runtime)
+        if to_device:
+            prepared.batch = _to_device(prepared.batch, self.device)
         return prepared
 
     def forward_batch(self, modality: str, batch: Any, role: Role | None = None) -> torch.Tensor:
         """Embed a prepared batch: adapter, framing, backbone, pooling, L2 normalisation. Keeps gradients."""
+        hidden, mask, positions = self.forward_tokens(modality, batch, role)
+        if positions is not None:
+            pooled = compression.pool(hidden, positions)
+        else:
+            pooled = pool(hidden, mask, self.spec.pooling)
+        return torch.nn.functional.normalize(pooled.float(), dim=-1)
+
+    def forward_tokens(self, modality: str, batch: Any, role: Role | None = None):
+        """(last hidden states, mask, compression token positions or None) of a prepared batch; with
+        pooling "compression" the compression tokens are appended to every row."""
         tokens: TokenEmbeddings = self.adapters[modality](batch, self.runtime)
         if not tokens.framed:
             tokens = self._frame(tokens, modality, role)
+        positions = None
+        if self.spec.pooling == "compression":
+            tokens, positions = compression.append(tokens, compression.tokens_of(self.backbone))
+        elif self.spec.padding_side == "left":  # decoders: the pooled last token sits at the final position
+            embeds, mask, position_ids = left_pad(tokens.embeds, tokens.mask)
+            out = self.backbone(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids)
+            return out.last_hidden_state, mask, None
         out = self.backbone(inputs_embeds=tokens.embeds, attention_mask=tokens.mask)
-        pooled = pool(out.last_hidden_state, tokens.mask, self.spec.pooling)
-        return torch.nn.functional.normalize(pooled.float(), dim=-1)
+        return out.last_hidden_state, tokens.mask, positions
 
     def embed_text_tokens(self, texts: Sequence[str], max_length: int | None = None) -> TokenEmbeddings:
         """Text as backbone token embeddings without special tokens, for adapters that mix text in."""
-        enc = self.tokenizer(
+        with self._tokenizer_lock:
+            enc = self._tokenize_plain(texts, max_length)
+        embeds = self.backbone.get_input_embeddings()(enc["input_ids"])
+        return TokenEmbeddings(embeds, enc["attention_mask"])
+
+    def _tokenize_plain(self, texts: Sequence[str], max_length: int | None):
+        return self.tokenizer(
             list(texts),
             add_special_tokens=False,
             padding=True,
@@ -259,8 +316,6 @@ class OmniModel(nn.Module):
             max_length=max_length or self.spec.max_length,
             return_tensors="pt",
         ).to(self.device)
-        embeds = self.backbone.get_input_embeddings()(enc["input_ids"])
-        return TokenEmbeddings(embeds, enc["attention_mask"])
 
     def _frame(self, tokens: TokenEmbeddings, modality: str, role: Role | None) -> TokenEmbeddings:
         """Wrap content tokens in the backbone's special tokens, with the plugin's instruction first."""
@@ -279,7 +334,8 @@ class OmniModel(nn.Module):
     def content_budget(self, modality: str) -> int:
         """How many content tokens fit once framing and the longest instruction are added."""
         longest = max(len(self._instruction_ids(modality, role)) for role in ("query", "document"))
-        return self.spec.max_length - len(self._prefix_ids) - len(self._suffix_ids) - longest
+        appended = self.spec.compression_tokens if self.spec.pooling == "compression" else 0
+        return self.spec.max_length - len(self._prefix_ids) - len(self._suffix_ids) - longest - appended
 
     def _instruction_ids(self, modality: str, role: Role | None) -> list[int]:
         if role is None:
@@ -321,10 +377,12 @@ class OmniModel(nn.Module):
         failures: list[ItemError] = []
         groups: dict[str, list[int]] = defaultdict(list)
         classes = modality_classes()
+        spool = PipeSpool()  # a pipe named as a file is read once into it; other special files are refused
         for i, item in enumerate(items):
             try:
+                item = spool.resolve(item)
                 modality = self.detect(item, classes)
-            except ModalityDetectionError as exc:
+            except (ModalityDetectionError, SpecialFileError) as exc:
                 failures.append(ItemError(i, item, str(exc)))
                 continue
             if modality not in self.plugins:
@@ -343,6 +401,7 @@ class OmniModel(nn.Module):
                     self._encode_chunk(modality, [items[i] for i in chunk], chunk, role, out, failures, timer)
                     progress.update(len(chunk))
         progress.close()
+        spool.close()
         failures.sort(key=lambda e: e.index)
         self._report(failures, errors, out)
         return (out, failures) if return_errors else out
@@ -359,7 +418,12 @@ class OmniModel(nn.Module):
         if prepared.ok:
             with timer.phase("encode"), self.inference_precision():
                 vectors = self.forward_batch(modality, prepared.batch, role).cpu().numpy()
-            out[[positions[j] for j in prepared.ok]] = vectors
+            finite = np.isfinite(vectors).all(axis=1)
+            for j, row_ok in zip(prepared.ok, finite):  # extreme input (1e30 samples) can overflow to NaN
+                if not row_ok:
+                    failures.append(ItemError(positions[j], chunk_items[j], "the model gave a non-finite vector (NaN or "
+                                              "Inf): the input's values are out of range"))
+            out[[positions[j] for j, row_ok in zip(prepared.ok, finite) if row_ok]] = vectors[finite]
 
     @staticmethod
     def _report(failures: list[ItemError], policy: ErrorPolicy, out: np.ndarray) -> None:

@@ -64,7 +64,8 @@ def build_base(
                     chosen[needed] = plugin_configs.get(needed, {})
                     pending.append(needed)
     common = dict(pooling=spec.get("pooling", "mean"), max_length=spec.get("max_length", 256), seed=seed)
-    if backbone is not None:
+    if backbone is not None:  # its own pooling: mean for encoders, last token for decoder LLMs
+        common["pooling"] = None
         return OmniModel.create(backbone, plugins=chosen, trust_remote_code=trust_remote_code, **common)
     if spec["kind"] == "minilm":
         return OmniModel.create(minilm_path(), plugins=chosen, **common)

@@ -50,3 +50,29 @@ def build_wordpiece_tokenizer(out_dir: Path, extra_words: Iterable[str] = ()) ->
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(str(out_dir))
     return out_dir
+
+
+def build_bpe_tokenizer(out_dir: Path, *, bos_token: str | None = None, eos_token: str = "<|endoftext|>") -> Path:
+    """Write a byte-level BPE tokenizer like the Qwen2 and Llama 3 ones, trained offline on the common words.
+
+    Like Qwen2's it adds no special tokens by itself and has no pad token; with `bos_token` it puts
+    that token first, like Llama's. Tests build decoder LLM backbones with it.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = [eos_token] + ([bos_token] if bos_token else [])
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    core.train_from_iterator([" ".join(COMMON_WORDS)] * 4, trainer=trainer)
+    core.post_processor = processors.ByteLevel(trim_offsets=False)
+    if bos_token:
+        core.post_processor = processors.TemplateProcessing(
+            single=f"{bos_token} $A", pair=f"{bos_token} $A {bos_token} $B:1", special_tokens=[(bos_token, core.token_to_id(bos_token))]
+        )
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token=eos_token, bos_token=bos_token, model_max_length=512)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(str(out_dir))
+    return out_dir

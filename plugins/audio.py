@@ -13,7 +13,8 @@ tensor shaped (frames,) or (frames, channels), as `soundfile.read` returns; inte
 
 The encoder and projector are *owned*: fusion copies them from the audio specialist, and recovery
 retrains the projector alone (`recovery_plan`). With `encoder="hf"`, `encoder_source` names a local
-Hugging Face audio model (Whisper, wav2vec2, HuBERT, ...); its configs are recorded in this plugin's
+directory or hub id of a Hugging Face audio model (Whisper's encoder, CLAP's audio tower, AST,
+wav2vec2, HuBERT, ...), frozen by default (`freeze_encoder`); its configs are recorded in this plugin's
 config on first build, so a saved checkpoint rebuilds it from the manifest and loads its weights
 from model.safetensors, without the source directory.
 """
@@ -30,6 +31,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from omnisdk.hookspecs import hookimpl
+from omnisdk.isolation import captured_stderr
 from omnisdk.items import Item, Locator
 from omnisdk.modality import (
     BuildContext,
@@ -73,9 +75,13 @@ class AudioConfig(PluginConfig):
     max_seconds: float = Field(4 * 3600.0, gt=0)
     #: encoder frames averaged into one backbone token (raised automatically if a window would overflow).
     token_pool: int = Field(4, ge=1)
-    #: "hf" only: a local directory with the encoder's config.json, safetensors and preprocessor_config.json.
-    #: Read once, when the model is first created.
+    #: "hf" only: a local directory or Hugging Face hub id (openai/whisper-tiny, laion/clap-htsat-unfused,
+    #: MIT/ast-finetuned-audioset-10-10-0.4593, facebook/wav2vec2-base, facebook/hubert-base-ls960, ...)
+    #: with config.json, safetensors and preprocessor_config.json. Read once, when the model is first created.
     encoder_source: str | None = None
+    #: whether training leaves the encoder as it is (only the projector learns); None: frozen for "hf"
+    #: (pretrained) encoders, trained for the built-in (random) one.
+    freeze_encoder: bool | None = None
     #: "hf" only, recorded at first build: the encoder's config and its feature extractor's config.
     encoder_config: dict[str, Any] | None = None
     feature_extractor_config: dict[str, Any] | None = None
@@ -84,7 +90,7 @@ class AudioConfig(PluginConfig):
     def _hf_needs_a_source(self) -> AudioConfig:
         if self.encoder == "hf" and not self.encoder_source and not (self.encoder_config and self.feature_extractor_config):
             raise ValueError(
-                "audio encoder='hf' needs encoder_source: a local directory holding a Hugging Face audio model"
+                "audio encoder='hf' needs encoder_source: a local directory or hub id of a Hugging Face audio model"
             )
         return self
 
@@ -198,11 +204,17 @@ class AudioPlugin(ModalityPlugin):
 
     @property
     def window_seconds(self) -> float:
-        """`window_seconds`, capped by a fixed-length HF encoder's input (Whisper: chunk_length)."""
+        """`window_seconds`, capped by a fixed-length HF encoder's input (Whisper: chunk_length, CLAP and AST: ~10 s)."""
+        from omnisdk.plugins.audio_encoder import fixed_input_seconds
+
         fe = self.config.feature_extractor_config
-        if self.config.encoder == "hf" and fe and fe.get("n_samples") and fe.get("sampling_rate"):
-            return min(self.config.window_seconds, fe["n_samples"] / fe["sampling_rate"])
-        return self.config.window_seconds
+        fixed = fixed_input_seconds(fe) if self.config.encoder == "hf" and fe else None
+        return min(self.config.window_seconds, fixed) if fixed else self.config.window_seconds
+
+    def frozen(self) -> list[str]:
+        """A pretrained ("hf") encoder stays as it was trained unless freeze_encoder=False; its projector trains."""
+        freeze = self.config.freeze_encoder if self.config.freeze_encoder is not None else self.config.encoder == "hf"
+        return ["encoder.*"] if freeze else []
 
     def _build_hf_encoder(self) -> nn.Module:
         from omnisdk.plugins.audio_encoder import HFAudioEncoder, build_hf_encoder, load_hf_encoder
@@ -279,9 +291,10 @@ def _file_info(path: Path) -> tuple[int, int]:
     if path.stat().st_size == 0:
         raise ValueError("the file is empty (0 bytes)")
     try:
-        info = soundfile.info(str(path))
+        with captured_stderr() as chatter:  # libsndfile's mpg123 prints to fd 2 on random bytes
+            info = soundfile.info(str(path))
     except soundfile.LibsndfileError as exc:
-        raise ValueError(_decode_cause(path, exc)) from exc
+        raise ValueError(_decode_cause(path, exc, chatter)) from exc
     return int(info.frames), int(info.samplerate)
 
 
@@ -289,15 +302,20 @@ def _read_file(path: Path, start: int, stop: int) -> np.ndarray:
     import soundfile
 
     try:
-        samples, _ = soundfile.read(str(path), start=start, stop=stop, dtype="float32", always_2d=True)
+        with captured_stderr() as chatter:
+            samples, _ = soundfile.read(str(path), start=start, stop=stop, dtype="float32", always_2d=True)
     except soundfile.LibsndfileError as exc:
-        raise ValueError(_decode_cause(path, exc)) from exc
+        raise ValueError(_decode_cause(path, exc, chatter)) from exc
     return samples.mean(axis=1)
 
 
-def _decode_cause(path: Path, exc: Exception) -> str:
+def _decode_cause(path: Path, exc: Exception, chatter: Sequence[str] = ()) -> str:
     reason = getattr(exc, "error_string", None) or str(exc)
+    if "possibly a pipe" in reason:  # libsndfile's guess when no format matched; special files never get here
+        reason = "no audio format recognised"
     cause = f"cannot decode {path.name} as audio: {reason} (truncated, corrupt, or not audio)"
+    if chatter:
+        cause += f" [decoder log: {'; '.join(chatter)}]"
     if path.suffix.lower() == ".mp3":
         cause += "; MP3 needs libsndfile >= 1.1 (soundfile >= 0.12 wheels bundle it)"
     return cause

@@ -125,20 +125,45 @@ def _default_heads(dim: int) -> int:
     return heads
 
 
+#: Encoders that take one fixed-size input, clip padded (AST: 1024 fbank frames, CLAP: 10 s fused mel views);
+#: all their output tokens count, since the padding is part of what they were trained on.
+FIXED_INPUT_TYPES = ("audio-spectrogram-transformer", "clap_audio_model")
+
+
+def fixed_input_seconds(fe_config: dict[str, Any]) -> float | None:
+    """Seconds of audio a fixed-length feature extractor takes (Whisper, CLAP, AST); None when any length goes."""
+    rate = fe_config.get("sampling_rate")
+    if not rate:
+        return None
+    if fe_config.get("n_samples"):  # Whisper
+        return fe_config["n_samples"] / rate
+    if fe_config.get("nb_max_samples"):  # CLAP
+        return fe_config["nb_max_samples"] / rate
+    if fe_config.get("feature_extractor_type") == "ASTFeatureExtractor":
+        return fe_config.get("max_length", 1024) * 0.010  # Kaldi fbank frames every 10 ms
+    return None
+
+
 class HFAudioEncoder(nn.Module):
-    """A Hugging Face audio encoder (Whisper's encoder, wav2vec2, HuBERT, ...) and its feature extractor."""
+    """A Hugging Face audio encoder (Whisper's encoder, CLAP's audio tower, AST, wav2vec2, HuBERT, ...) and its feature extractor."""
 
     def __init__(self, model: nn.Module, feature_extractor: Any):
         super().__init__()
         self.model = model
         self.feature_extractor = feature_extractor
         config = model.config
-        self.output_dim = int(getattr(config, "hidden_size", None) or config.d_model)
+        self.model_type = config.model_type
+        if self.model_type == "clap_audio_model":  # HTSAT's last stage: the patch width doubled per stage after the first
+            self.output_dim = int(config.patch_embeds_hidden_size * 2 ** (len(config.depths) - 1))
+        else:
+            self.output_dim = int(getattr(config, "hidden_size", None) or config.d_model)
         fe = feature_extractor
         # Whisper-style extractors pad every clip to a fixed length that the encoder insists on.
         self.fixed_length = getattr(fe, "n_samples", None)
+        self.fixed_output = self.model_type in FIXED_INPUT_TYPES
         # Models trained without attention masks (e.g. wav2vec2-base) expect zero padding and no mask.
         self.pass_mask = bool(getattr(fe, "return_attention_mask", False))
+        self._fixed_width: int | None = None
 
     @property
     def sample_rate(self) -> int:
@@ -146,6 +171,15 @@ class HFAudioEncoder(nn.Module):
 
     def featurize(self, waves: Sequence[torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         arrays = [w.numpy() for w in waves]
+        if self.fixed_output:  # AST and CLAP pad (or repeat) to their own fixed input; no mask
+            kwargs = {}
+            if self.model_type == "clap_audio_model":
+                # An unfused CLAP takes one mel view; "fusion" makes four. Clips never exceed the window,
+                # so "rand_trunc" never actually crops at random here.
+                kwargs["truncation"] = "fusion" if self.model.config.enable_fusion else "rand_trunc"
+            out = self.feature_extractor(arrays, sampling_rate=self.sample_rate, return_tensors="pt", **kwargs)
+            inputs = {k: (v.float() if v.is_floating_point() else v) for k, v in out.items() if k != "attention_mask"}
+            return inputs, torch.full((len(waves),), -1, dtype=torch.long)  # -1: every output token is real
         padding = "max_length" if self.fixed_length else "longest"
         out = self.feature_extractor(
             arrays, sampling_rate=self.sample_rate, padding=padding, return_attention_mask=True, return_tensors="pt"
@@ -159,14 +193,32 @@ class HFAudioEncoder(nn.Module):
 
     def output_length(self, samples: int) -> int:
         """Encoder frames for a clip of `samples`; used once to size the token budget."""
-        _, lengths = self.featurize([torch.zeros(samples)])
+        inputs, lengths = self.featurize([torch.zeros(samples)])
+        if self.fixed_output:
+            return self._probe_width(inputs)
         return int(self._out_lengths(lengths, lengths, None)[0])
 
     def forward(self, inputs: dict[str, torch.Tensor], lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.model(**inputs)
-        frames = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        frames = self._frames(self.model(**inputs))
+        if self.fixed_output:
+            return frames, torch.full((frames.size(0),), frames.size(1), dtype=torch.long, device=frames.device)
         in_width = next(v for k, v in inputs.items() if k != "attention_mask").size(-1)
         return frames, self._out_lengths(lengths, torch.tensor(in_width), frames.size(1))
+
+    @staticmethod
+    def _frames(out: Any) -> torch.Tensor:
+        frames = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        if frames.dim() == 4:  # CLAP/HTSAT: [B, C, freq, time] -> average the frequency bins, time as tokens
+            frames = frames.mean(2).transpose(1, 2)
+        return frames
+
+    def _probe_width(self, inputs: dict[str, torch.Tensor]) -> int:
+        # Fixed-input encoders give a fixed number of tokens; one forward pass counts them.
+        if self._fixed_width is None:
+            device = next(self.model.parameters()).device
+            with torch.no_grad():
+                self._fixed_width = int(self._frames(self.model(**{k: v.to(device) for k, v in inputs.items()})).size(1))
+        return self._fixed_width
 
     def _out_lengths(self, lengths: torch.Tensor, in_width: torch.Tensor, out_width: int | None) -> torch.Tensor:
         convert = getattr(self.model, "_get_feat_extract_output_lengths", None)
@@ -181,26 +233,22 @@ class HFAudioEncoder(nn.Module):
 
 
 def load_hf_encoder(source: str) -> tuple[nn.Module, Any, dict[str, Any], dict[str, Any]]:
-    """Load an encoder and its feature extractor from a local directory, safetensors only, no remote code.
+    """Load an encoder and its feature extractor from a local directory or hub id, safetensors only, no remote code.
 
     Returns them with the two config dicts that rebuild them later without `source`.
     """
     from transformers import AutoFeatureExtractor, AutoModel
 
-    from omnisdk.backbone import refuse_pickles
+    from omnisdk import hub
 
-    path = Path(source)
-    if not path.is_dir():
-        raise CheckpointError(f"audio encoder_source {source} is not a directory holding a Hugging Face audio model")
-    refuse_pickles(path)
+    hub.check_local_dir(source, "audio encoder")
     try:
-        model = AutoModel.from_pretrained(str(path), use_safetensors=True, trust_remote_code=False)
-        feature_extractor = AutoFeatureExtractor.from_pretrained(str(path), trust_remote_code=False)
+        model = AutoModel.from_pretrained(str(source), use_safetensors=True, trust_remote_code=False)
+        feature_extractor = AutoFeatureExtractor.from_pretrained(str(source), trust_remote_code=False)
     except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot load the audio encoder from {path}: {exc}") from exc
-    config = {k: v for k, v in model.config.to_dict().items() if k not in _CONFIG_NOISE}
-    config["model_type"] = model.config.model_type
-    return _encoder_part(model), feature_extractor, config, feature_extractor.to_dict()
+        raise hub.load_error("audio encoder", source, exc) from exc
+    encoder = _encoder_part(model)
+    return encoder, feature_extractor, hub.clean_config(encoder.config.to_dict()), feature_extractor.to_dict()
 
 
 def build_hf_encoder(encoder_config: dict[str, Any], feature_extractor_config: dict[str, Any]) -> tuple[nn.Module, Any]:
@@ -209,8 +257,12 @@ def build_hf_encoder(encoder_config: dict[str, Any], feature_extractor_config: d
     from transformers.models.auto.feature_extraction_auto import feature_extractor_class_from_name
 
     kwargs = {k: v for k, v in encoder_config.items() if k not in _CONFIG_NOISE}
-    config = AutoConfig.for_model(encoder_config["model_type"], **kwargs)
-    model = AutoModel.from_config(config)
+    if encoder_config["model_type"] == "clap_audio_model":  # not in AutoModel's mapping
+        from transformers import ClapAudioConfig, ClapAudioModel
+
+        model = ClapAudioModel(ClapAudioConfig(**kwargs))
+    else:
+        model = AutoModel.from_config(AutoConfig.for_model(encoder_config["model_type"], **kwargs))
     fe_type = feature_extractor_config.get("feature_extractor_type")
     fe_class = feature_extractor_class_from_name(fe_type) if fe_type else None
     if fe_class is None:
@@ -221,9 +273,11 @@ def build_hf_encoder(encoder_config: dict[str, Any], feature_extractor_config: d
 
 def _encoder_part(model: nn.Module) -> nn.Module:
     # Only true encoder-decoders (Whisper) split; wav2vec2's `.encoder` is its transformer stack alone,
-    # which takes hidden states rather than audio.
+    # which takes hidden states rather than audio. CLAP checkpoints hold a text tower too: keep the audio one.
     if getattr(model.config, "is_encoder_decoder", False):
         return model.get_encoder()
+    if model.config.model_type == "clap":
+        return model.audio_model
     return model
 
 

@@ -1,4 +1,7 @@
-"""Documents (PDF) through PyMuPDF: each page gives its text layer and a rendered image, both fed to the backbone.
+"""Documents through PyMuPDF: each page gives its text layer and a rendered image, both fed to the backbone.
+
+PDF, and every other format MuPDF opens (EPUB, XPS, MOBI, FB2, CBZ, SVG): a reflowable e-book is
+laid out into pages by MuPDF, and its pages are located, chunked and previewed like a PDF's.
 
 The page image goes through the image plugin's vision tower (`ImageAdapter.encode_pixels`), the text
 layer through the backbone's own token embeddings; the adapter concatenates the two, so it has no
@@ -40,6 +43,9 @@ log = logging.getLogger(__name__)
 
 #: The PDF spec lets the "%PDF-" header sit anywhere in the first 1024 bytes.
 _HEADER_WINDOW = 1024
+#: Formats other than PDF that MuPDF opens, by extension -> MuPDF's filetype name.
+OTHER_FORMATS = {".epub": "epub", ".xps": "xps", ".oxps": "xps", ".mobi": "mobi", ".fb2": "fb2", ".cbz": "cbz",
+                 ".svg": "svg"}
 #: Whole-document text is gathered up to max_text_tokens * this many characters: generous for any
 #: tokenizer (English averages about 4), and it keeps a 1000-page book from being read in full
 #: only to be truncated to a few hundred tokens.
@@ -88,15 +94,23 @@ class PageData:
     repaired: str | None = None
 
 
+def filetype_of(source: str | bytes) -> str:
+    """MuPDF's name for the format: by extension for a path, and PDF for bytes or any other path."""
+    if isinstance(source, bytes):
+        return "pdf"
+    return OTHER_FORMATS.get(Path(source).suffix.lower(), "pdf")
+
+
 def _open_pdf(source: str | bytes, config: DocumentConfig):
     import pymupdf
 
     pymupdf.TOOLS.reset_mupdf_warnings()
+    filetype = filetype_of(source)
     if isinstance(source, bytes):
-        doc = pymupdf.open(stream=source, filetype="pdf")
+        doc = pymupdf.open(stream=source, filetype=filetype)
     else:
-        doc = pymupdf.open(source, filetype="pdf")
-    if not doc.is_pdf:
+        doc = pymupdf.open(source, filetype=filetype)
+    if filetype == "pdf" and not doc.is_pdf:
         raise DocumentError("not a PDF: MuPDF reads it as another format")
     if doc.needs_pass:
         raise DocumentError("encrypted PDF: a password is required (decrypt it first, e.g. qpdf --decrypt)")
@@ -187,7 +201,7 @@ def failure_cause(exc: BaseException) -> str:
         return "file not found"
     if isinstance(exc, pymupdf.FileDataError):
         # pymupdf's own message only repeats the file name; MuPDF's warnings say what was wrong.
-        return f"not a readable PDF: MuPDF cannot parse it ({_mupdf_reason('corrupt or truncated')})"
+        return f"not a readable PDF (or e-book): MuPDF cannot parse it ({_mupdf_reason('corrupt or truncated')})"
     if isinstance(exc, MemoryError):
         return "MuPDF ran out of memory (over the document plugin's max_memory_mb?)"
     return f"MuPDF failed: {type(exc).__name__}: {exc}"
@@ -229,7 +243,7 @@ def pdf_source(item: Item) -> str | bytes:
         raise DocumentError(f"a document item needs a PDF path or PDF bytes, not {type(item.data).__name__}")
     if not head:
         raise DocumentError("empty file (0 bytes)")
-    if b"%PDF-" not in head[:_HEADER_WINDOW]:
+    if filetype_of(source) == "pdf" and b"%PDF-" not in head[:_HEADER_WINDOW]:
         raise DocumentError(f"not a PDF: no %PDF- header (it starts with {head[:8]!r})")
     return source
 
@@ -288,11 +302,11 @@ class DocumentPlugin(ModalityPlugin):
 
     name = "document"
     version = "0.1.0"
-    description = "PDF pages (text layer and rendered page) through PyMuPDF and the image tower"
+    description = "PDF and e-book pages (EPUB, XPS, MOBI, FB2, CBZ, SVG; text layer and rendered page) through PyMuPDF"
     extra = "document"
     requires = ("pymupdf", "PIL", "timm")
-    extensions = (".pdf",)
-    mime_types = ("application/pdf",)
+    extensions = (".pdf", *OTHER_FORMATS)
+    mime_types = ("application/pdf", "application/epub+zip", "application/oxps", "image/svg+xml")
     uses = ("image",)
     Config = DocumentConfig
     instructions = Instructions(query="Find a document page that matches: ", document="A document page: ")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
@@ -37,6 +37,19 @@ class ImageConfig(PluginConfig):
     tower_kwargs: dict[str, Any] = Field(default_factory=dict)
     #: a local safetensors file of pretrained tower weights (timm's own key names), or None.
     tower_weights: str | None = None
+    #: a pretrained tower: a transformers vision model (local directory or hub id, e.g.
+    #: openai/clip-vit-base-patch32) or a timm one (`timm:NAME`, `hf-hub:ORG/NAME`, a timm name).
+    #: Read once, when the base model is created; see omnisdk.plugins.image_tower.
+    tower_source: str | None = None
+    #: which library the tower comes from; set from tower_source on first build.
+    tower_kind: Literal["timm", "hf"] = "timm"
+    #: recorded on first build from tower_source, so the manifest rebuilds the tower without it.
+    tower_resolved: bool = False
+    hf_config: dict[str, Any] | None = None
+    processor_config: dict[str, Any] | None = None
+    #: normalisation of the tower's inputs; None: the timm tower's pretrained_cfg.
+    mean: list[float] | None = None
+    std: list[float] | None = None
     #: side of the square the image is letterboxed into.
     image_size: int = 224
     #: spatial tokens are average-pooled to a grid of this side; None keeps them all.
@@ -98,27 +111,24 @@ def image_to_tensor(image, size: int, mean: Sequence[float], std: Sequence[float
 
 
 class ImageAdapter(nn.Module):
-    """timm tower -> optional token pooling -> linear projection to the backbone width."""
+    """Vision tower (timm, or a transformers model) -> optional token pooling -> linear projection to the backbone width."""
 
-    def __init__(self, config: ImageConfig, hidden_size: int):
+    def __init__(self, config: ImageConfig, hidden_size: int, tower: nn.Module | None = None, processor: Any = None):
         super().__init__()
-        import timm
+        self.processor = processor  # a transformers image processor, for towers that come with one
+        if tower is not None:  # already loaded from tower_source
+            self.tower = tower
+        elif config.tower_kind == "hf":
+            from omnisdk.plugins.image_tower import build_hf_vision
 
-        kwargs = dict(config.tower_kwargs)
-        kwargs.setdefault("num_classes", 0)
-        if "vit" in config.tower or "deit" in config.tower:
-            kwargs.setdefault("img_size", config.image_size)
-        if config.tower_weights:
-            self.tower = timm.create_model(
-                config.tower, pretrained=True, pretrained_cfg_overlay={"file": config.tower_weights}, **kwargs
-            )
+            self.tower, self.processor = build_hf_vision(config.hf_config, config.processor_config)
         else:
-            self.tower = timm.create_model(config.tower, pretrained=False, **kwargs)
+            self.tower = _timm_tower(config)
         self.token_grid = config.token_grid
         self.projector = nn.Sequential(nn.LayerNorm(self.tower.num_features), nn.Linear(self.tower.num_features, hidden_size))
         cfg = getattr(self.tower, "pretrained_cfg", {}) or {}
-        self.mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
-        self.std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+        self.mean = tuple(config.mean or cfg.get("mean", (0.485, 0.456, 0.406)))
+        self.std = tuple(config.std or cfg.get("std", (0.229, 0.224, 0.225)))
 
     def encode_pixels(self, pixels: torch.Tensor, token_grid: int | None = None) -> torch.Tensor:
         """Images [N, 3, S, S] -> tokens [N, T, hidden]; video frames and PDF pages come here too.
@@ -146,6 +156,20 @@ class ImageAdapter(nn.Module):
         return TokenEmbeddings(tokens, torch.ones(tokens.shape[:2], dtype=torch.long, device=tokens.device))
 
 
+def _timm_tower(config: ImageConfig) -> nn.Module:
+    import timm
+
+    kwargs = dict(config.tower_kwargs)
+    kwargs.setdefault("num_classes", 0)
+    if "vit" in config.tower or "deit" in config.tower:
+        kwargs.setdefault("img_size", config.image_size)
+    if config.tower_weights:
+        return timm.create_model(
+            config.tower, pretrained=True, pretrained_cfg_overlay={"file": config.tower_weights}, **kwargs
+        )
+    return timm.create_model(config.tower, pretrained=False, **kwargs)
+
+
 class ImagePlugin(ModalityPlugin):
     name = "image"
     version = "0.1.0"
@@ -164,16 +188,45 @@ class ImagePlugin(ModalityPlugin):
         adapter = runtime.adapter(self.name)
         size = self.config.image_size
 
-        def load(item: Item) -> torch.Tensor:
+        def load(item: Item):
             image = load_image(item.path if item.path is not None else item.data, self.config.max_pixels)
-            return image_to_tensor(image, size, adapter.mean, adapter.std)
+            # A pretrained transformers tower gets its own processor's resize, crop and normalisation.
+            return image if adapter.processor is not None else image_to_tensor(image, size, adapter.mean, adapter.std)
 
-        tensors, ok, errors = run_per_item(items, load)
-        batch = {"pixels": torch.stack(tensors)} if tensors else None
-        return Prepared(batch=batch, ok=ok, errors=errors)
+        loaded, ok, errors = run_per_item(items, load)
+        if not loaded:
+            return Prepared(batch=None, ok=ok, errors=errors)
+        if adapter.processor is not None:
+            pixels = adapter.processor(images=loaded, return_tensors="pt")["pixel_values"].float()
+        else:
+            pixels = torch.stack(loaded)
+        return Prepared(batch={"pixels": pixels}, ok=ok, errors=errors)
 
     def build_adapter(self, ctx: BuildContext) -> nn.Module:
+        if self.config.tower_source and not self.config.tower_resolved:
+            return self._adapter_from_source(ctx.hidden_size)
         return ImageAdapter(self.config, ctx.hidden_size)
+
+    def _adapter_from_source(self, hidden_size: int) -> nn.Module:
+        """Read tower_source once: load the pretrained tower and record what rebuilds it without the source."""
+        from omnisdk.plugins import image_tower
+
+        source = self.config.tower_source
+        update: dict[str, Any] = {"tower_resolved": True, "tower_kind": image_tower.source_kind(source)}
+        if update["tower_kind"] == "hf":
+            tower, processor, hf_config, processor_config = image_tower.load_hf_vision(source)
+            update |= {"hf_config": hf_config, "processor_config": processor_config,
+                       "tower": type(tower.model).__name__, "tower_kwargs": {},
+                       "image_size": image_tower.processor_size(processor),
+                       "mean": list(processor.image_mean), "std": list(processor.image_std)}
+        else:
+            # The source fixes the architecture: a preset's tower_kwargs describe its random tower, not this one.
+            tower, record = image_tower.load_timm(source, {"num_classes": 0})
+            update |= record
+            update["image_size"] = int(tower.pretrained_cfg.get("input_size", (3, self.config.image_size))[-1])
+            processor = None
+        self.config = self.config.model_copy(update=update)
+        return ImageAdapter(self.config, hidden_size, tower=tower, processor=processor)
 
     def length_hint(self, item: Item) -> int:
         return 0

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Stages cache prepared inputs under the user cache dir by default; tests keep theirs apart.
+os.environ.setdefault("OMNISDK_CACHE_DIR", tempfile.mkdtemp(prefix="omnisdk-test-cache-"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

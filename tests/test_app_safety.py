@@ -244,7 +244,10 @@ def test_store_backend_maps_hits_and_roots(served):
     assert all(h.source == (root / "report.pdf").resolve() for h in hits)
     assert hits[0].score >= hits[1].score >= hits[2].score
     everything = backend.search(Item.of_file(root / "red.png"), 50, None)
-    assert {h.modality for h in everything} == {"image", "audio", "document", "video"}
+    # notes.html is indexed as text (its passage in the payload), yet never served as a file (see the attacks)
+    assert {h.modality for h in everything} == {"image", "audio", "document", "video", "text"}
+    (text_hit,) = [h for h in everything if h.modality == "text"]
+    assert text_hit.locator.line0 == 1 and text_hit.text == SECRET
     again = backend.index_files([root])  # unchanged files are skipped, nothing embedded again
     assert again.files == 0 and again.chunks == 0 and again.skipped >= 5 and not again.failed
 

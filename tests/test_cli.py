@@ -75,3 +75,25 @@ def test_errors_are_one_line_and_tracebacks_need_debug(tmp_path):
     assert debug.returncode != 0 and "Traceback" in debug.stderr
     unknown = omnisdk("init", "--preset", "huge", "--out", str(tmp_path / "x"))
     assert unknown.returncode == 2 and "unknown preset 'huge'" in unknown.stderr and "tiny, small" in unknown.stderr
+
+
+def test_debug_is_accepted_after_every_subcommand(tmp_path):
+    import argparse
+
+    from omnisdk.cli import build_parser
+
+    def subparsers(parser, trail=()):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield trail + (name,), sub
+                    yield from subparsers(sub, trail + (name,))
+
+    found = dict(subparsers(build_parser()))
+    assert {("embed",), ("datasets", "check"), ("index",), ("pipeline", "run")} <= set(found)
+    assert [" ".join(t) for t, sub in found.items() if "--debug" not in sub._option_string_actions] == []
+    parsed = build_parser().parse_args(["datasets", "check", "--debug", "x"])
+    assert parsed.debug is True and build_parser().parse_args(["datasets", "check", "x"]).debug is False
+    # as a user types it: at the end, after the subcommand's own arguments
+    after = omnisdk("info", str(tmp_path / "missing"), "--debug")
+    assert after.returncode != 0 and "Traceback" in after.stderr and "CheckpointError" in after.stderr

@@ -97,3 +97,50 @@ def test_the_docs_recipe_converts_a_captioned_folder(tmp_path):
     data = load_dataset(tmp_path / "my-photos", known_modalities=KNOWN)
     assert set(data.splits) == {"dev", "test"} and len(data.task_queries("t2i", "test")) == 2
     assert len(list(data.train_examples())) == 6
+
+
+@pytest.mark.parametrize(
+    "meta, pattern",
+    [
+        ({"tasks": ["t2i"]}, r"dataset\.json: field 'tasks': expected an object mapping each task name to its spec.*got a list"),
+        ({"tasks": {"t2i": "text to image"}}, r"dataset\.json: field 'tasks\.t2i': expected an object with \"query_modality\""),
+        ({"tasks": {"t2i": {"query_modality": "text"}}}, r"dataset\.json: field 'tasks\.t2i\.corpus_modality' is missing"),
+        ({"tasks": {"t2i": {"query_modality": "text", "corpus_modality": "image", "kind": "rank"}}},
+         r"dataset\.json: field 'tasks\.t2i\.kind': expected 'retrieval' or 'classification', got a string \"rank\""),
+        ({"seed": "0"}, r"dataset\.json: field 'seed': expected a valid integer, got a string \"0\""),
+        ({"name": 3}, r"dataset\.json: field 'name': expected a valid string, got a number 3"),
+        ({"files": ["img/a.png"]}, r"dataset\.json: field 'files': expected an object mapping each file to its sha256"),
+        (["t2i"], r"dataset\.json: expected a JSON object, got a list"),
+    ],
+)
+def test_dataset_json_fields_of_the_wrong_type_name_the_file_and_field(tmp_path, meta, pattern):
+    root = write_dataset(tmp_path / "d", meta=meta)
+    with pytest.raises(DatasetError, match=pattern):
+        load_dataset(root, known_modalities=KNOWN)
+
+
+@pytest.mark.parametrize(
+    "row, pattern",
+    [
+        ({"tasks": "i2t"}, r"corpus\.jsonl:3: field \"tasks\" must be a list of task names, got a string \"i2t\""),
+        ({"tasks": [1]}, r"corpus\.jsonl:3: field \"tasks\" must be a list of task names \(strings\)"),
+        ({"text": ["a", "b"]}, r"corpus\.jsonl:3: field \"text\" must be a string, got a list"),
+        ({"locator": 2}, r"corpus\.jsonl:3: field \"locator\" must be an object"),
+    ],
+)
+def test_corpus_fields_of_the_wrong_type_name_the_line_and_field(tmp_path, row, pattern):
+    corpus = [{"_id": "a", "modality": "image", "path": "img/a.png"}, {"_id": "b", "modality": "image", "path": "img/b.png"},
+              {"_id": "cap-a", "modality": "text", "text": "a red square", "tasks": ["i2t"]} | row]
+    with pytest.raises(DatasetError, match=pattern):
+        load_dataset(write_dataset(tmp_path / "d", corpus=corpus), known_modalities=KNOWN)
+
+
+def test_datasets_check_on_a_list_of_tasks_is_a_one_line_error(tmp_path):
+    import subprocess
+    import sys
+
+    root = write_dataset(tmp_path / "d", meta={"name": "mine", "tasks": ["t2i", "i2t"]})
+    result = subprocess.run([sys.executable, "-m", "omnisdk", "datasets", "check", str(root)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "AttributeError" not in result.stderr
+    assert f"{root / 'dataset.json'}: field 'tasks'" in result.stderr

@@ -98,12 +98,15 @@ def test_index_a_folder(model, model_dir, tmp_path):
         by_source.setdefault(Path(payload["source"]).name, []).append(payload)
         assert pid == point_id(payload["sha256"], payload["source"], payload["locator"])
         assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5)
-        assert set(payload) == {"modality", "source", "locator", "sha256", "size", "mtime", "chunks", "indexed_at"}
+        keys = {"modality", "source", "locator", "sha256", "size", "mtime", "chunks", "indexed_at"}
+        assert set(payload) == keys | ({"text"} if payload["modality"] == "text" else set())
         assert Path(payload["source"]).is_absolute()
     assert sorted(by_source) == ["beep.wav", "blue.png", "notes.txt", "red.png", "report.pdf"]
     assert sorted(p["locator"]["page"] for p in by_source["report.pdf"]) == [1, 2, 3]
     assert {p["modality"] for p in by_source["report.pdf"]} == {"document"}
     assert by_source["red.png"][0]["locator"] is None and by_source["red.png"][0]["chunks"] == 1
+    assert by_source["notes.txt"][0]["locator"] == {"line0": 1, "line1": 1}
+    assert by_source["notes.txt"][0]["text"] == "solar panels on a harbour roof"
     timings = report.timings
     assert set(timings) == {"decode", "encode", "upsert", "bookkeeping"}
     assert all(timings[name] > 0 for name in ("decode", "encode", "upsert")), timings

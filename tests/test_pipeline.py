@@ -14,7 +14,7 @@ from omnisdk.cli import main
 from omnisdk.pipeline.config import PRESETS, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ["base", "specialist:image", "specialist:video", "specialist:document", "specialist:audio",
+STAGES = ["base", "aligned", "specialist:image", "specialist:video", "specialist:document", "specialist:audio",
           "fused", "recovered", "rehearsed", "joint"]
 # The tiny preset with fewer steps: the same stages, a third of the time.
 QUICK = """
@@ -26,6 +26,8 @@ omniworld_size = "tiny"
 batch_size = 6
 checkpoint_every = 2
 learning_rate = 1e-3
+[align]
+steps = 4
 [specialist.image]
 steps = 6
 [specialist.video]
@@ -88,7 +90,12 @@ def test_pipeline_runs_every_stage_resumes_after_a_kill_and_skips_finished_stage
         for task in report["tasks"]:
             assert all(0.0 <= v <= 1.0 for v in task["metrics"].values() if v is not None), (stage, task["task"])
     fused = json.loads((out / "fused" / "omnisdk.json").read_text())["lineage"]
-    assert fused["stage"] == "fused" and len(fused["parents"]) == 5  # base + four specialists
+    assert fused["stage"] == "fused" and len(fused["parents"]) == 5  # aligned base + four specialists
+    aligned = json.loads((out / "aligned" / "omnisdk.json").read_text())
+    assert fused["parents"][0] == aligned["fingerprint"] and aligned["lineage"]["stage"] == "align"
+    assert audio["lineage"]["parents"] == [aligned["fingerprint"]]
+    # Every stage read its inputs from the run's prepared-input cache.
+    assert any((out / "cache").glob("image-*/*.safetensors"))
     joint = json.loads((out / "joint" / "omnisdk.json").read_text())["lineage"]
     assert joint["settings"]["steps"] == 8
     drift = summary["drift"]["plugins"]

@@ -62,9 +62,14 @@ def test_index_json_summary_and_exit_codes(setup, indexed, capsys):
 def test_search_text_prints_ranked_hits(setup, indexed, capsys):
     code, out, _ = cli(capsys, "search", "solar panels", "--collection", "c", "--store", indexed, "--limit", "4")
     assert code == 0
-    lines = out.strip().splitlines()
+    table, _, passages = out.strip().partition("\n\n")
+    lines = table.splitlines()
     assert lines[0] == "| rank | score | modality | source | locator |" and len(lines) == 2 + 4
     assert lines[2].startswith("| 1 | ")
+    # The text hit shows its lines in the table and its passage below it.
+    text_row = next(line for line in lines if "| text |" in line)
+    assert text_row.endswith("| line 1 |")
+    assert f"{text_row.split()[1]}. notes.txt, line 1:\n    a note about solar panels" in passages
 
 
 def test_search_json_with_modality_filter_and_locators(setup, indexed, capsys):

@@ -19,7 +19,7 @@ from omnisdk import checkpoint as ckpt
 from omnisdk.datasets.format import load_dataset
 from omnisdk.trainers.config import TrainConfig
 from omnisdk.trainers.contrastive import warmup_cosine
-from omnisdk.trainers.data import BatchSchedule, PairPool, modality_mix, per_batch_counts
+from omnisdk.trainers.data import BatchSchedule, PairPool, modality_mix, per_batch_counts, turn_order
 from omnisdk.trainers.info_nce import info_nce
 from omnisdk.trainers.stages import recover, rehearse, train_specialist
 from tests.media.audio import tone
@@ -109,6 +109,21 @@ def test_quotas_fix_each_modality_share_of_every_batch(world):
         assert modality_mix(schedule.batch(number)) == {"image": 4, "audio": 4}
     with pytest.raises(Exception, match="no training pairs: \\['video'\\]"):
         BatchSchedule(pool, 8, seed=0, quotas={"video": 1.0})
+
+
+def test_modality_batches_hold_one_modality_and_take_turns_by_quota(world):
+    pool = PairPool.from_dataset(load_dataset(world["data"]))
+    assert turn_order({"image": 1.0, "audio": 1.0}) == ["audio", "image"]
+    assert sorted(turn_order({"image": 2.0, "audio": 1.0}, length=6)) == ["audio"] * 2 + ["image"] * 4
+    schedule = BatchSchedule(pool, 4, seed=0, by_modality=True)
+    mixes = [modality_mix(schedule.batch(n)) for n in range(8)]
+    assert mixes == [{"audio": 4}, {"image": 4}] * 4
+    # Each modality's own stream goes on across its turns: the first two audio turns are one epoch of 8 pairs.
+    audio = [id(ex) for n in (0, 2) for ex in schedule.batch(n)]
+    assert sorted(audio) == sorted(id(ex) for ex in pool.by_modality["audio"])
+    # Ranks take consecutive turns of one global order.
+    two = BatchSchedule(pool, 4, seed=0, world_size=2, by_modality=True)
+    assert [id(x) for x in two.batch(0, 0) + two.batch(0, 1)] == [id(x) for x in schedule.batch(0) + schedule.batch(1)]
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:

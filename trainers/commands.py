@@ -1,8 +1,11 @@
-"""CLI: `omnisdk train specialist|joint`, `omnisdk recover`, `omnisdk rehearse`.
+"""CLI: `omnisdk align`, `omnisdk train specialist|joint`, `omnisdk recover`, `omnisdk rehearse`, `omnisdk warmup`.
 
 Settings come from the plugin's defaults, then `--config FILE.toml` (TrainConfig fields), then the
-flags; a run killed part-way resumes when the same command is run again. Data parallel: launch the
-same command with `torchrun --nproc_per_node N -m omnisdk ...`.
+flags; a run killed part-way resumes when the same command is run again. `--ega` turns on the
+Explicit Gradient Amplifier, set in the TOML as `ega = {factor = 2.0, rule = "relative"}`. Inputs
+are decoded once into the prepared-input cache (`--cache-dir`, default $OMNISDK_CACHE_DIR or the
+user cache directory; `--no-cache` decodes at every step). Data parallel: launch the same command
+with `torchrun --nproc_per_node N -m omnisdk ...`.
 """
 from __future__ import annotations
 
@@ -27,11 +30,31 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _common(p)
     p.set_defaults(func=cmd_train_joint)
 
+    p = sub.add_parser("align", help="align every modality's adapters with the frozen backbone (the base for specialists)")
+    p.add_argument("--base", required=True, type=Path)
+    _common(p)
+    p.set_defaults(func=cmd_align)
+
     p = sub.add_parser("recover", help="Projector Recovery after fusion: train what the plugin's recovery plan names")
     p.add_argument("--model", required=True, type=Path)
     p.add_argument("--plugin", required=True)
     _common(p)
     p.set_defaults(func=cmd_recover)
+
+    p = sub.add_parser("warmup", help="compression warm-up before contrastive training (CoMa)")
+    p.add_argument("--method", required=True, choices=["coma"], help="coma: Compression then Matching")
+    p.add_argument("--model", required=True, type=Path, help="the base checkpoint to warm up")
+    p.add_argument("--data", required=True, type=Path, help="dataset directory with train.jsonl")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--config", type=Path, help="TOML file of warm-up settings (CoMaConfig fields)")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--tokens", type=int, help="number of compression tokens (default 32, as in the paper)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, dest="learning_rate")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--precision", choices=["fp32", "bf16"])
+    p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    p.set_defaults(func=cmd_warmup)
 
     p = sub.add_parser("rehearse", help="short balanced multi-modal training of a fused (and recovered) model")
     p.add_argument("--model", required=True, type=Path)
@@ -50,7 +73,23 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, dest="learning_rate")
     p.add_argument("--seed", type=int)
     p.add_argument("--precision", choices=["fp32", "bf16"])
+    p.add_argument("--ega", action="store_true",
+                   help="amplify hard negatives' gradients (Explicit Gradient Amplifier); settings: [ega] in --config")
+    p.add_argument("--ega-factor", type=float, metavar="F", help="EGA amplification factor (implies --ega; default 2.0)")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    add_cache_flags(p)
+
+
+def add_cache_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache-dir", type=Path, help="prepared-input cache (default: $OMNISDK_CACHE_DIR or the user cache dir)")
+    p.add_argument("--no-cache", action="store_true", help="decode inputs at every step instead of once")
+
+
+def cache_from(args: argparse.Namespace):
+    """What the stage functions take as `cache`: None, a directory, or "default"."""
+    if getattr(args, "no_cache", False):
+        return None
+    return getattr(args, "cache_dir", None) or "default"
 
 
 def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
@@ -62,6 +101,9 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, flag, None)
         if value is not None:
             out[flag] = value
+    factor = getattr(args, "ega_factor", None)
+    if getattr(args, "ega", False) or factor is not None:
+        out["ega"] = {**(out.get("ega") or {}), **({"factor": factor} if factor is not None else {})}
     quotas = getattr(args, "quota", None)
     if quotas:
         out["quotas"] = {}
@@ -76,25 +118,50 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_train_specialist(args: argparse.Namespace) -> int:
     from omnisdk.trainers.stages import train_specialist
 
-    return _report(train_specialist(args.base, args.plugin, args.data, args.out, overrides_from(args)), args)
+    return _report(train_specialist(args.base, args.plugin, args.data, args.out, overrides_from(args),
+                                    cache=cache_from(args)), args)
+
+
+def cmd_align(args: argparse.Namespace) -> int:
+    from omnisdk.trainers.stages import align
+
+    return _report(align(args.base, args.data, args.out, overrides_from(args), cache=cache_from(args)), args)
 
 
 def cmd_train_joint(args: argparse.Namespace) -> int:
     from omnisdk.trainers.stages import train_joint
 
-    return _report(train_joint(args.base, args.data, args.out, overrides_from(args)), args)
+    return _report(train_joint(args.base, args.data, args.out, overrides_from(args), cache=cache_from(args)), args)
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
     from omnisdk.trainers.stages import recover
 
-    return _report(recover(args.model, args.plugin, args.data, args.out, overrides_from(args)), args)
+    return _report(recover(args.model, args.plugin, args.data, args.out, overrides_from(args),
+                           cache=cache_from(args)), args)
 
 
 def cmd_rehearse(args: argparse.Namespace) -> int:
     from omnisdk.trainers.stages import rehearse
 
-    return _report(rehearse(args.model, args.data, args.out, overrides_from(args)), args)
+    return _report(rehearse(args.model, args.data, args.out, overrides_from(args), cache=cache_from(args)), args)
+
+
+def cmd_warmup(args: argparse.Namespace) -> int:
+    from omnisdk.trainers.coma import coma_warmup
+
+    overrides: dict[str, Any] = tomllib.loads(args.config.read_text()) if args.config else {}
+    for flag in ("steps", "tokens", "batch_size", "learning_rate", "seed", "precision"):
+        if getattr(args, flag) is not None:
+            overrides[flag] = getattr(args, flag)
+    result = coma_warmup(args.model, args.data, args.out, overrides)
+    if args.json:
+        print(json.dumps(result.summary(), indent=2))
+    else:
+        print(f"wrote {args.out}: {result.steps} warm-up steps, reconstruction loss on the probe batch "
+              f"{result.probe_loss_before:.4f} -> {result.probe_loss_after:.4f}, {result.pairs_seen} pairs "
+              f"in {result.seconds:.1f} s; pooling is now 'compression'")
+    return 0
 
 
 def _report(result, args: argparse.Namespace) -> int:

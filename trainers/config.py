@@ -17,6 +17,19 @@ class LoraSettings(BaseModel):
     target_modules: list[str] | None = None
 
 
+class EgaSettings(BaseModel):
+    """Explicit Gradient Amplifier (trainers/ega.py): hard negatives' logit gradients are multiplied by
+    1 + (factor - 1) * hardness; the loss value stays plain InfoNCE."""
+
+    model_config = ConfigDict(extra="forbid")
+    factor: float = Field(2.0, ge=1.0)
+    #: relative: by cosine distance below the positive (within `margin`); topk: the `top_k` most
+    #: similar negatives per row; mined: the explicit hard negatives of train.jsonl only.
+    rule: Literal["relative", "topk", "mined"] = "relative"
+    margin: float = Field(0.1, gt=0)
+    top_k: int = Field(1, ge=1)
+
+
 class TrainConfig(BaseModel):
     """One contrastive run. Steps count optimiser updates; a step sees batch_size x grad_accumulation pairs."""
 
@@ -39,6 +52,8 @@ class TrainConfig(BaseModel):
     #: fnmatch globs over full parameter names; only matching parameters train. None: the stage decides.
     trainable: list[str] | None = None
     lora: LoraSettings | None = None
+    #: hard-negative gradient amplification; None: plain InfoNCE. TOML: ega = {factor = 2.0, rule = "relative"}
+    ega: EgaSettings | None = None
     #: "bf16" runs forward passes under autocast (CPU and CUDA); master weights stay float32.
     precision: Literal["fp32", "bf16"] = "fp32"
     checkpoint_every: int = Field(50, ge=1)
@@ -47,6 +62,8 @@ class TrainConfig(BaseModel):
     tasks: list[str] | None = None
     #: modality -> share of each batch (rehearsal); None draws pairs uniformly from the pool.
     quotas: dict[str, float] | None = None
+    #: one modality per batch, modalities taking turns by their quotas (see BatchSchedule).
+    modality_batches: bool = False
     log_every: int = Field(10, ge=1)
 
     @model_validator(mode="after")

@@ -28,8 +28,9 @@ from omnisdk.trainers import state as run_state
 from omnisdk.trainers.config import TrainConfig
 from omnisdk.trainers.data import BatchSchedule, PairPool
 from omnisdk.trainers.distributed import World, average_gradients, average_scalar, barrier
-from omnisdk.trainers.embedding import embed_with_grad
-from omnisdk.trainers.info_nce import info_nce
+from omnisdk.trainers.embedding import PreparedItems, embed_prepared, prepare_items
+from omnisdk.trainers.losses import contrastive_loss
+from omnisdk.trainers.prefetch import Prefetcher
 from omnisdk.trainers.lora import attach_lora, merge_lora
 
 log = logging.getLogger(__name__)
@@ -74,18 +75,22 @@ class ContrastiveTrainer:
         self.optimizer = torch.optim.AdamW(self._param_groups(trained), lr=config.learning_rate,
                                            weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(config))
-        self.schedule = BatchSchedule(pool, config.batch_size, config.seed, config.quotas, self.world.size)
+        self.schedule = BatchSchedule(pool, config.batch_size, config.seed, config.quotas, self.world.size,
+                                      by_modality=config.modality_batches)
 
     # -- which parameters train ---------------------------------------------------------------------
     def _select_trainable(self) -> dict[str, torch.nn.Parameter]:
         patterns = self.config.trainable or ["*"]
         lora = self.config.lora is not None
+        # What plugins keep as it is (a pretrained audio encoder) never trains, whatever `trainable` says.
+        frozen = [f"adapters.{m}.{pat}" for m, plugin in self.model.plugins.items() for pat in plugin.frozen()]
         chosen: dict[str, torch.nn.Parameter] = {}
         for name, p in self.model.named_parameters():
             if lora and name.startswith("backbone."):
                 keep = "lora_" in name  # peft already marked these; the frozen base weights stay frozen
             else:
                 keep = any(fnmatch.fnmatchcase(name, pat) for pat in patterns)
+                keep = keep and not any(fnmatch.fnmatchcase(name, pat) for pat in frozen)
             p.requires_grad_(keep)
             if keep:
                 chosen[name] = p
@@ -109,6 +114,7 @@ class ContrastiveTrainer:
 
         cfg = self.config
         start_step, resumed = self._resume()
+        self._warm_cache()
         losses: list[tuple[int, float]] = list(self._resumed_losses)
         skipped = 0
         self.model.train()
@@ -118,45 +124,73 @@ class ContrastiveTrainer:
                    mininterval=0.1 if sys.stderr.isatty() else 30.0,
                    disable=self.show_progress is False or not self.world.is_main)
         loss_value = float("nan")
-        for step in range(start_step, cfg.steps):
-            self.optimizer.zero_grad(set_to_none=True)
-            step_loss = 0.0
-            for micro in range(cfg.grad_accumulation):
-                batch = self.schedule.batch(step * cfg.grad_accumulation + micro, self.world.rank)
-                loss, used, dropped = self._micro_step(batch)
-                (loss / cfg.grad_accumulation).backward()
-                step_loss += float(loss.detach()) / cfg.grad_accumulation
-                pairs += used
-                skipped += dropped
-            average_gradients(self.trained.values(), self.world)
-            if cfg.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(list(self.trained.values()), cfg.max_grad_norm)
-            self.optimizer.step()
-            self.scheduler.step()
-            loss_value = average_scalar(step_loss, self.world)
-            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-                losses.append((step + 1, round(loss_value, 6)))
-            rate = pairs * self.world.size / max(time.perf_counter() - started, 1e-9)
-            bar.set_postfix(loss=f"{loss_value:.4f}", pairs_s=f"{rate:.1f}", refresh=False)
-            bar.update()
-            if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-                self._checkpoint(step + 1, losses)
+        micro_total = cfg.steps * cfg.grad_accumulation
+        with Prefetcher(self._prepare_micro_batch, micro_total) as prefetch:
+            for step in range(start_step, cfg.steps):
+                self.optimizer.zero_grad(set_to_none=True)
+                step_loss = 0.0
+                for micro in range(cfg.grad_accumulation):
+                    loss, used, dropped = self._micro_step(prefetch.get(step * cfg.grad_accumulation + micro))
+                    (loss / cfg.grad_accumulation).backward()
+                    step_loss += float(loss.detach()) / cfg.grad_accumulation
+                    pairs += used
+                    skipped += dropped
+                average_gradients(self.trained.values(), self.world)
+                if cfg.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(list(self.trained.values()), cfg.max_grad_norm)
+                self.optimizer.step()
+                self.scheduler.step()
+                loss_value = average_scalar(step_loss, self.world)
+                if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+                    losses.append((step + 1, round(loss_value, 6)))
+                rate = pairs * self.world.size / max(time.perf_counter() - started, 1e-9)
+                bar.set_postfix(loss=f"{loss_value:.4f}", pairs_s=f"{rate:.1f}", refresh=False)
+                bar.update()
+                if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+                    self._checkpoint(step + 1, losses)
         bar.close()
+        if self.model.prepared_cache is not None:
+            self.model.prepared_cache.flush()
         self.model.eval()
         merge_lora(self.model)
         return TrainResult(steps=cfg.steps, final_loss=loss_value, seconds=round(time.perf_counter() - started, 2),
                            pairs_seen=pairs * self.world.size, trainable_parameters=sum(p.numel() for p in self.params.values()),
                            skipped_items=skipped, resumed_from=resumed, losses=losses)
 
-    def _micro_step(self, batch) -> tuple[torch.Tensor, int, int]:
+    def _prepare_micro_batch(self, number: int) -> tuple[list, PreparedItems, PreparedItems, PreparedItems | None]:
+        """Micro-batch `number`'s pairs, with queries, positives and hard negatives prepared for the model."""
+        batch = self.schedule.batch(number, self.world.rank)
+        h = self.config.hard_negatives
+        negatives = [ex.negatives[k] for ex in batch for k in range(min(h, len(ex.negatives)))]
+        return (batch,
+                prepare_items(self.model, [ex.query for ex in batch], "query"),
+                prepare_items(self.model, [ex.positive for ex in batch], "document"),
+                prepare_items(self.model, negatives, "document") if negatives else None)
+
+    def _warm_cache(self) -> None:
+        """Prepare every item of the pool once, before the first step (no-op without a cache)."""
+        if self.model.prepared_cache is None:
+            return
+        from omnisdk.prepared import warm_cache
+
+        h = self.config.hard_negatives
+        items = []
+        for examples in self.pool.by_modality.values():
+            for ex in examples:
+                items.append((ex.query, "query"))
+                items.append((ex.positive, "document"))
+                items += [(neg, "document") for neg in ex.negatives[:h]]
+        show = False if self.show_progress is False or not self.world.is_main else self.show_progress
+        counts = warm_cache(self.model, items, show_progress=show)
+        log.info("prepared-input cache: %s", counts)
+
+    def _micro_step(self, prepared) -> tuple[torch.Tensor, int, int]:
         """Loss of one micro-batch; pairs whose query or positive cannot be read are left out."""
-        cfg = self.config
-        h = cfg.hard_negatives
+        batch, q_items, p_items, n_items = prepared
         with self._autocast():
-            queries, q_ok, q_err = embed_with_grad(self.model, [ex.query for ex in batch], "query")
-            positives, p_ok, p_err = embed_with_grad(self.model, [ex.positive for ex in batch], "document")
-            negatives_items = [ex.negatives[k] for ex in batch for k in range(min(h, len(ex.negatives)))]
-            negatives, n_ok, n_err = embed_with_grad(self.model, negatives_items, "document") if negatives_items else (None, None, {})
+            queries, q_ok, q_err = embed_prepared(self.model, q_items, "query")
+            positives, p_ok, p_err = embed_prepared(self.model, p_items, "document")
+            negatives, n_ok, n_err = embed_prepared(self.model, n_items, "document") if n_items else (None, None, {})
         for errors in (q_err, p_err, n_err):
             for cause in errors.values():
                 log.warning("training item skipped: %s", cause)
@@ -166,7 +200,7 @@ class ContrastiveTrainer:
                             f"(causes: {list({**q_err, **p_err}.values())[:3]})")
         hard, mask = self._hard_negative_tensor(batch, negatives, n_ok, keep)
         temperature = self.log_temperature.exp()
-        loss = info_nce(queries[keep], positives[keep], temperature, hard, mask, symmetric=cfg.symmetric)
+        loss = contrastive_loss(self.config, queries[keep], positives[keep], temperature, hard, mask)
         return loss, int(keep.sum()), len(q_err) + len(p_err) + len(n_err)
 
     def _hard_negative_tensor(self, batch, negatives, n_ok, keep):
@@ -212,7 +246,8 @@ class ContrastiveTrainer:
         return int(info["step"]), int(info["step"])
 
     def config_digest(self) -> str:
-        payload = self.config.model_dump(exclude={"checkpoint_every", "keep_checkpoints", "log_every"})
+        # Settings left at their defaults stay out, so a field added later does not orphan older runs.
+        payload = self.config.model_dump(exclude={"checkpoint_every", "keep_checkpoints", "log_every"}, exclude_defaults=True)
         payload["world_size"] = self.world.size
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 

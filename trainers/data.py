@@ -60,22 +60,35 @@ class BatchSchedule:
     consecutive slices. With quotas (modality -> share), each modality has its own such stream and
     every batch takes round(share x batch size) pairs from each, the largest remainders breaking ties,
     so a batch holds each modality at its quota whatever the modalities' pool sizes.
+
+    With `by_modality`, each batch holds a single modality and the modalities take turns (in
+    proportion to their quotas, equal by default): every in-batch negative is then of the query's
+    own modality, where a mixed batch spends most of its negatives on pairs that the modality alone
+    tells apart.
     """
 
     def __init__(self, pool: PairPool, batch_size: int, seed: int, quotas: dict[str, float] | None = None,
-                 world_size: int = 1):
+                 world_size: int = 1, by_modality: bool = False):
         self.pool, self.batch_size, self.seed, self.world_size = pool, batch_size, seed, world_size
         if quotas is not None:
             unknown = set(quotas) - set(pool.modalities)
             if unknown:
                 raise OmniError(f"quotas name modalities with no training pairs: {sorted(unknown)} "
                                 f"(pairs exist for: {', '.join(pool.modalities)})")
-        self.counts = per_batch_counts(quotas, batch_size) if quotas else None
+        self.turns = turn_order(quotas or {m: 1.0 for m in pool.modalities}) if by_modality else None
+        self.counts = per_batch_counts(quotas, batch_size) if quotas and not by_modality else None
         self._flat = [ex for group in pool.by_modality.values() for ex in group]
 
     def batch(self, number: int, rank: int = 0) -> list[TrainExample]:
         """Global batch `number` is split over ranks; each rank gets its own `batch_size` pairs."""
         slot = number * self.world_size + rank
+        if self.turns is not None:
+            cycle, at = divmod(slot, len(self.turns))
+            modality = self.turns[at]
+            # This modality's own stream continues where its previous turn stopped.
+            turn = cycle * self.turns.count(modality) + self.turns[:at].count(modality)
+            group = self.pool.by_modality[modality]
+            return [group[i] for i in _stream_slice(len(group), self.seed, modality, turn, self.batch_size)]
         if self.counts is None:
             return [self._flat[i] for i in _stream_slice(len(self._flat), self.seed, "all", slot, self.batch_size)]
         out: list[TrainExample] = []
@@ -96,6 +109,24 @@ def per_batch_counts(quotas: dict[str, float], batch_size: int) -> dict[str, int
     for m in sorted(exact, key=lambda m: (-(exact[m] - counts[m]), m))[: batch_size - sum(counts.values())]:
         counts[m] += 1
     return {m: c for m, c in counts.items() if c > 0}
+
+
+def turn_order(quotas: dict[str, float], length: int = 20) -> list[str]:
+    """A repeating order of modalities in which each appears in proportion to its quota (smooth
+    weighted round robin): equal quotas give a plain rotation."""
+    weights = {m: float(q) for m, q in sorted(quotas.items()) if q > 0}
+    if not weights:
+        raise OmniError(f"quotas {quotas} give no modality a positive share")
+    if len(set(weights.values())) == 1:
+        return list(weights)
+    total, credit, order = sum(weights.values()), {m: 0.0 for m in weights}, []
+    for _ in range(length):
+        for m in credit:
+            credit[m] += weights[m]
+        chosen = max(credit, key=lambda m: (credit[m], m))
+        credit[chosen] -= total
+        order.append(chosen)
+    return order
 
 
 def _stream_slice(size: int, seed: int, name: str, slot: int, count: int) -> list[int]:

@@ -1,9 +1,14 @@
 """The training stages of decouple-fuse-recover, each from a checkpoint directory to a new one.
 
-    specialist   base -> one modality's pairs; backbone + that plugin's adapters train
+    align        base -> every modality's pairs at equal quotas; every adapter trains, the backbone is
+                 frozen (the shared, aligned starting point a pretrained multimodal model would give)
+    specialist   aligned base -> one modality's pairs; backbone + that plugin's adapters train
     recovery     fused -> one modality's pairs; only what the plugin's recovery plan names trains
     rehearsal    recovered -> every modality at a set quota, low learning rate
-    joint        base -> all modalities mixed (the multi-task baseline the method is compared with)
+    joint        aligned base -> all modalities mixed (the multi-task baseline the method is compared with)
+
+Every stage reads its inputs through the prepared-input cache (`cache`: "default", a directory, a
+PreparedCache, or None to decode at every step), so each file is decoded once across all stages.
 
 Each writes a complete checkpoint whose lineage names its parent's fingerprint, the stage, the
 data hash and the settings, and keeps resumable state under OUT/run/ until it finishes.
@@ -17,28 +22,32 @@ from typing import Any
 from omnisdk import checkpoint as ckpt
 from omnisdk.datasets.format import Dataset, load_dataset
 from omnisdk.errors import OmniError
+from omnisdk.modality import dependencies_of
 from omnisdk.trainers.config import TrainConfig
 from omnisdk.trainers.contrastive import ContrastiveTrainer, TrainResult
 from omnisdk.trainers.data import PairPool
 from omnisdk.trainers.distributed import World, barrier, device_for, init_world
 
 RUN_DIR = "run"
+#: where prepared inputs are read from: "default", a directory, a PreparedCache, or None (no cache).
+CacheSpec = Any
 
 
 def train_specialist(base: str | Path, plugin: str, data: str | Path | Dataset, out: str | Path,
-                     overrides: dict[str, Any] | None = None, *, show_progress: bool | None = None) -> TrainResult:
+                     overrides: dict[str, Any] | None = None, *, show_progress: bool | None = None,
+        cache: CacheSpec = "default") -> TrainResult:
     """Train the `plugin` specialist: backbone and the plugin's (and its dependencies') adapters."""
     from omnisdk.model import OmniModel
 
     world = init_world()
-    model = OmniModel.load(base, device=device_for(world))
+    model = OmniModel.load(base, device=device_for(world)).use_cache(cache)
     if plugin not in model.plugins:
         raise OmniError(f"the base model has no '{plugin}' plugin (it has: {', '.join(model.plugins)})")
     defaults = model.plugins[plugin].training
     config = _config(
         {"learning_rate": defaults.learning_rate, "steps": defaults.steps, "batch_size": defaults.batch_size,
          "temperature": defaults.temperature, "warmup_ratio": defaults.warmup_ratio,
-         "trainable": ["backbone.*", *[f"adapters.{m}.*" for m in _with_dependencies(model, plugin)]]},
+         "trainable": ["backbone.*", *[f"adapters.{m}.*" for m in dependencies_of(model.plugins, plugin)]]},
         overrides)
     dataset = _dataset(data)
     pool = PairPool.from_dataset(dataset, tasks=config.tasks, modalities=[plugin])
@@ -46,13 +55,39 @@ def train_specialist(base: str | Path, plugin: str, data: str | Path | Dataset, 
                 extra={"plugin": plugin}, show_progress=show_progress)
 
 
+def align(base: str | Path, data: str | Path | Dataset, out: str | Path,
+          overrides: dict[str, Any] | None = None, *, show_progress: bool | None = None,
+          cache: CacheSpec = "default") -> TrainResult:
+    """Align every modality with the frozen backbone: all adapters train on all modalities' pairs.
+
+    Batches hold every modality with pairs at an equal share (override with `quotas`), so each
+    fresh tower learns to land in the backbone's text space before any specialist diverges from it.
+    """
+    from omnisdk.model import OmniModel
+
+    world = init_world()
+    model = OmniModel.load(base, device=device_for(world)).use_cache(cache)
+    dataset = _dataset(data)
+    adapters = [f"adapters.{m}.*" for m in model.plugins if m != "text"]
+    config = _config({"learning_rate": 1e-3, "steps": 300, "batch_size": 32, "warmup_ratio": 0.05,
+                      "trainable": adapters}, overrides)
+    if config.lora is not None:
+        raise OmniError("alignment keeps the backbone frozen; remove the lora setting")
+    pool = PairPool.from_dataset(dataset, tasks=config.tasks, modalities=[m for m in model.plugins if m != "text"])
+    if config.quotas is None:
+        config = config.model_copy(update={"quotas": {m: 1.0 for m in pool.modalities}})
+    return _run(model, pool, config, out, world, stage="align", parent=base, dataset=dataset, extra={},
+                show_progress=show_progress)
+
+
 def recover(model_dir: str | Path, plugin: str, data: str | Path | Dataset, out: str | Path,
-            overrides: dict[str, Any] | None = None, *, show_progress: bool | None = None) -> TrainResult:
+            overrides: dict[str, Any] | None = None, *, show_progress: bool | None = None,
+        cache: CacheSpec = "default") -> TrainResult:
     """Repair `plugin` after fusion: the recovery plan's parameters train, every other keeps its bits."""
     from omnisdk.model import OmniModel
 
     world = init_world()
-    model = OmniModel.load(model_dir, device=device_for(world))
+    model = OmniModel.load(model_dir, device=device_for(world)).use_cache(cache)
     plan = model.recovery_plan(plugin)
     if plan is None:
         raise OmniError(f"plugin '{plugin}' declares no recovery (its fusion metadata says recovery does not apply)")
@@ -68,12 +103,13 @@ def recover(model_dir: str | Path, plugin: str, data: str | Path | Dataset, out:
 
 
 def rehearse(model_dir: str | Path, data: str | Path | Dataset, out: str | Path,
-             overrides: dict[str, Any] | None = None, *, show_progress: bool | None = None) -> TrainResult:
+             overrides: dict[str, Any] | None = None, *, show_progress: bool | None = None,
+        cache: CacheSpec = "default") -> TrainResult:
     """Short balanced multi-modal training: each modality with pairs gets an equal share of every batch."""
     from omnisdk.model import OmniModel
 
     world = init_world()
-    model = OmniModel.load(model_dir, device=device_for(world))
+    model = OmniModel.load(model_dir, device=device_for(world)).use_cache(cache)
     dataset = _dataset(data)
     config = _config({"learning_rate": 1e-5, "steps": 100, "batch_size": 32, "warmup_ratio": 0.1}, overrides)
     pool = PairPool.from_dataset(dataset, tasks=config.tasks, modalities=list(model.plugins))
@@ -84,12 +120,13 @@ def rehearse(model_dir: str | Path, data: str | Path | Dataset, out: str | Path,
 
 
 def train_joint(base: str | Path, data: str | Path | Dataset, out: str | Path,
-                overrides: dict[str, Any] | None = None, *, show_progress: bool | None = None) -> TrainResult:
+                overrides: dict[str, Any] | None = None, *, show_progress: bool | None = None,
+        cache: CacheSpec = "default") -> TrainResult:
     """The multi-task baseline: the base trained on every modality's pairs mixed, everything trainable."""
     from omnisdk.model import OmniModel
 
     world = init_world()
-    model = OmniModel.load(base, device=device_for(world))
+    model = OmniModel.load(base, device=device_for(world)).use_cache(cache)
     dataset = _dataset(data)
     pool = PairPool.from_dataset(dataset, modalities=list(model.plugins))
     config = _config({"learning_rate": 5e-5, "steps": 200, "batch_size": 32}, overrides)
@@ -133,14 +170,3 @@ def _config(defaults: dict[str, Any], overrides: dict[str, Any] | None) -> Train
 
 def _dataset(data: str | Path | Dataset) -> Dataset:
     return data if isinstance(data, Dataset) else load_dataset(data)
-
-
-def _with_dependencies(model, plugin: str) -> list[str]:
-    """The plugin and every plugin it uses (video uses image's vision tower), transitively."""
-    out, pending = [], [plugin]
-    while pending:
-        name = pending.pop()
-        if name not in out:
-            out.append(name)
-            pending += list(model.plugins[name].uses)
-    return out

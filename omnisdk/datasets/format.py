@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from omnisdk.errors import OmniError
 from omnisdk.items import Item, Locator
@@ -47,6 +47,20 @@ class TaskSpec(BaseModel):
         if self.modality:
             return self.modality
         return self.corpus_modality if self.query_modality == "text" else self.query_modality
+
+
+class DatasetMeta(BaseModel):
+    """dataset.json's known fields, type-checked; anything else (generator settings) passes as is."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    name: str | None = None
+    version: str | int | None = None
+    seed: int | None = None
+    size: str | None = None
+    tasks: dict[str, TaskSpec] = {}
+    files: dict[str, str] = {}
+    hash: str | None = None
 
 
 @dataclass(frozen=True)
@@ -149,9 +163,9 @@ def load_dataset(root: str | Path, *, known_modalities: set[str] | None = None, 
 
         known_modalities = set(modality_classes())
     meta = _read_meta(root)
+    tasks = dict(_validate_meta(meta, root / DATASET_JSON).tasks)
     corpus = _read_records(root, CORPUS, known_modalities, check_files, is_query=False)
     queries = _read_records(root, QUERIES, known_modalities, check_files, is_query=True)
-    tasks = {name: TaskSpec.model_validate(spec) for name, spec in meta.get("tasks", {}).items()}
     for q in queries.values():
         if q.task is None:
             raise DatasetError(f"{q.where}: query '{q.id}' has no \"task\"")
@@ -170,9 +184,55 @@ def _read_meta(root: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from exc
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not UTF-8 text (byte {exc.start}): save it as UTF-8 JSON") from exc
+
+
+def _validate_meta(meta: Any, path: Path) -> DatasetMeta:
+    """The typed view of dataset.json; a wrong type raises naming the file and the field."""
+    if not isinstance(meta, dict):
+        raise DatasetError(f"{path}: expected a JSON object, got {_json_type(meta)}")
+    try:
+        return DatasetMeta.model_validate(meta)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"])
+        if first["type"] == "missing":
+            raise DatasetError(f"{path}: field '{field}' is missing (see docs/data-format.md)") from None
+        value = _field_value(meta, first["loc"])
+        raise DatasetError(
+            f"{path}: field '{field}': {_expected(first['loc'], first['msg'])}, got {_json_type(value)} "
+            f"{json.dumps(value)[:60]} (see docs/data-format.md)"
+        ) from None
+
+
+def _field_value(meta: dict[str, Any], loc: tuple) -> Any:
+    value: Any = meta
+    for part in loc:
+        try:
+            value = value[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return value
+
+
+def _expected(loc: tuple, msg: str) -> str:
+    """What a field should hold, in the file's terms (JSON types), not pydantic's."""
+    if loc == ("tasks",):
+        return 'expected an object mapping each task name to its spec, e.g. {"t2i": {"query_modality": "text", "corpus_modality": "image"}}'
+    if loc[0] == "tasks" and len(loc) == 2:
+        return 'expected an object with "query_modality" and "corpus_modality"'
+    if loc == ("files",):
+        return "expected an object mapping each file to its sha256"
+    return msg.replace("Input should be a valid dictionary", "expected an object").replace("Input should be", "expected")
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
 def _jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -198,6 +258,7 @@ def _record(row: dict[str, Any], where: str, *, need_id: bool = True, known: set
         raise DatasetError(f"{where}: missing string \"modality\"")
     if known is not None and modality not in known:
         raise DatasetError(f"{where}: unknown modality '{modality}' (installed: {', '.join(sorted(known))})")
+    _check_types(row, where)
     if row.get("text") is None and row.get("path") is None:
         raise DatasetError(f"{where}: an item needs \"text\" or \"path\"")
     if modality != "text" and row.get("path") is None:
@@ -206,6 +267,22 @@ def _record(row: dict[str, Any], where: str, *, need_id: bool = True, known: set
         id=row.get("_id", ""), modality=modality, text=row.get("text"), path=row.get("path"),
         locator=row.get("locator"), task=row.get("task"), tasks=tuple(row.get("tasks", ())), where=where,
     )
+
+
+_ROW_TYPES: dict[str, tuple[type, str]] = {
+    "text": (str, "a string"), "path": (str, "a string"), "task": (str, "a string"),
+    "locator": (dict, 'an object such as {"page": 2} or {"t0": 0, "t1": 10}'), "tasks": (list, "a list of task names"),
+}
+
+
+def _check_types(row: dict[str, Any], where: str) -> None:
+    """A field of the wrong JSON type fails here, naming it, not later as an AttributeError."""
+    for name, (kind, expected) in _ROW_TYPES.items():
+        value = row.get(name)
+        if value is not None and not isinstance(value, kind):
+            raise DatasetError(f"{where}: field \"{name}\" must be {expected}, got {_json_type(value)} {json.dumps(value)[:60]}")
+    if not all(isinstance(t, str) for t in row.get("tasks") or ()):
+        raise DatasetError(f"{where}: field \"tasks\" must be a list of task names (strings), got {json.dumps(row['tasks'])[:60]}")
 
 
 def _read_records(root: Path, name: str, known: set[str], check_files: bool, is_query: bool) -> dict[str, Record]:

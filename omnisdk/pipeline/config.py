@@ -48,6 +48,8 @@ class PipelineConfig(BaseModel):
     name: str = "pipeline"
     base_preset: Literal["tiny", "small"] = "tiny"
     base_model: Path | None = None  # an existing base checkpoint instead of the preset
+    #: plugin settings over the base preset's, e.g. {image = {tower = "resnet18"}}
+    base_plugins: dict[str, dict[str, Any]] = {}
     specialists: list[str] = ["image", "video", "document", "audio"]
     data: DataSettings = DataSettings()
     eval_split: str = "test"
@@ -57,11 +59,18 @@ class PipelineConfig(BaseModel):
     specialist: dict[str, dict[str, Any]] = {}
     fusion: FusionSettings = FusionSettings()
     drift: DriftSettings = DriftSettings()
+    #: the alignment stage (every adapter on every modality, backbone frozen) before the specialists;
+    #: `steps = 0` (or no table) skips it and the specialists start from the base.
+    align: dict[str, Any] = {}
+    #: prepared-input cache shared by every stage and evaluation; default OUT/cache.
+    cache_dir: Path | None = None
     recovery: dict[str, Any] = {}
     rehearsal: dict[str, Any] = {}
     joint: dict[str, Any] = {}
     #: joint baseline steps = the specialists' steps together (a fair budget), unless joint.steps is set.
     joint_matches_specialist_steps: bool = True
+    #: train and evaluate the joint baseline (the demo leaves it out to save time)
+    joint_baseline: bool = True
 
     def specialist_settings(self, plugin: str) -> dict[str, Any]:
         return {**self.train, **self.specialist.get(plugin, {})}

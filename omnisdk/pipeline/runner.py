@@ -2,12 +2,15 @@
 
     OUT/data/                  OmniWorld, generated unless the config names a dataset
     OUT/base/                  the base model
+    OUT/aligned/               every adapter aligned with the frozen backbone (when [align] has steps);
+                               the start of the specialists, fusion's task vectors and the joint baseline
     OUT/specialists/<plugin>/  one specialist per plugin
     OUT/fused/                 task-vector fusion of the specialists (owned modules copied)
     OUT/drift.json|md          the Projector Drift check on the dev split
     OUT/recovered/<plugin>/    Projector Recovery, one plugin after the other (the last is "recovered")
     OUT/rehearsed/             short balanced multi-modal rehearsal
-    OUT/joint/                 the multi-task baseline: base trained on everything, same total steps
+    OUT/joint/                 the multi-task baseline: aligned base trained on everything, same total steps
+    OUT/cache/                 prepared inputs (decoded once, read by every stage and evaluation)
     OUT/evals/<stage>.json     test-split evaluation of each stage
     OUT/report.json|md|png     the stage table
 
@@ -39,27 +42,44 @@ class Pipeline:
         self.config, self.out, self.say, self.show_progress = config, Path(out), say, show_progress
         self.timings: dict[str, float] = {}
         self.skipped: list[str] = []
+        from omnisdk.prepared import PreparedCache
+
+        self.cache = PreparedCache(config.cache_dir or self.out / "cache")
 
     # -- stages -------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        """Every stage, each evaluated as soon as it exists; report.* is rewritten after each evaluation."""
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.json").write_text(self.config.model_dump_json(indent=2))
+        self.reports: dict[str, EvalReport] = {}
+        self.drift: DriftReport | None = None
         dataset = self._stage("data", self._data)
-        base = self._stage("base", self._base)
-        specialists = {p: self._stage(f"specialist:{p}", lambda p=p: self._specialist(base, p, dataset))
-                       for p in self.config.specialists}
-        fused = self._stage("fuse", lambda: self._fuse(base, specialists))
-        drift = self._stage("drift", lambda: self._drift(specialists, fused, dataset))
-        recovered = self._stage("recover", lambda: self._recover(fused, drift, dataset))
-        rehearsed = self._stage("rehearse", lambda: self._rehearse(recovered, dataset))
-        joint = self._stage("joint", lambda: self._joint(base, dataset))
-        stages = {"base": base, **{f"specialist:{p}": d for p, d in specialists.items()}, "fused": fused,
-                  "recovered": recovered, "rehearsed": rehearsed, "joint": joint}
-        reports = {name: self._stage(f"eval:{name}", lambda n=name, d=path: self._evaluate(n, d, dataset))
-                   for name, path in stages.items()}
+        base = self._evaluated("base", self._stage("base", self._base), dataset)
+        aligned = self._stage("align", lambda: self._align(base, dataset))
+        start = self._evaluated("aligned", aligned, dataset) if aligned else base
+        specialists = {p: self._evaluated(f"specialist:{p}", self._stage(
+            f"specialist:{p}", lambda p=p: self._specialist(start, p, dataset)), dataset) for p in self.config.specialists}
+        fused = self._evaluated("fused", self._stage("fuse", lambda: self._fuse(start, specialists)), dataset)
+        self.drift = self._stage("drift", lambda: self._drift(specialists, fused, dataset))
+        recovered = self._stage("recover", lambda: self._recover(fused, self.drift, dataset))
+        self._evaluated("recovered", recovered, dataset)
+        self._evaluated("rehearsed", self._stage("rehearse", lambda: self._rehearse(recovered, dataset)), dataset)
+        if self.config.joint_baseline:
+            self._evaluated("joint", self._stage("joint", lambda: self._joint(start, dataset)), dataset)
+        return self._write_report()
+
+    def _evaluated(self, name: str, directory: Path, dataset: Dataset) -> Path:
+        """Evaluate a stage's checkpoint on the eval split (or reuse a matching report); returns the directory."""
+        self.reports[name] = self._stage(f"eval:{name}", lambda: self._evaluate(name, directory, dataset))
+        self._write_report()
+        return directory
+
+    def _write_report(self) -> dict[str, Any]:
         from omnisdk.pipeline.report import write_report
 
-        return write_report(self.out, self.config, reports, drift, self.timings, self.skipped)
+        drift = self.drift or DriftReport(split=self.config.dev_split, threshold=self.config.drift.threshold,
+                                          metric=self.config.drift.metric, plugins=[])
+        return write_report(self.out, self.config, self.reports, drift, self.timings, self.skipped)
 
     def _stage(self, name: str, work: Callable[[], Any]) -> Any:
         start = time.perf_counter()
@@ -98,7 +118,21 @@ class Pipeline:
         if not self._done(directory, "base"):
             from omnisdk.presets import build_base
 
-            build_base(self.config.base_preset).save(directory)
+            build_base(self.config.base_preset, overrides=self.config.base_plugins).save(directory)
+        return directory
+
+    def _align(self, base: Path, dataset: Dataset) -> Path | None:
+        settings = {**self._settings({}), **self.config.align}
+        if not self.config.align or int(self.config.align.get("steps", 0)) == 0:
+            return None
+        from omnisdk.trainers.stages import align
+
+        directory = self.out / "aligned"
+        if not self._done(directory, "align"):
+            if "adapter_learning_rate" in self.config.train and "learning_rate" not in self.config.align:
+                settings["learning_rate"] = self.config.train["adapter_learning_rate"]
+            result = align(base, dataset, directory, settings, show_progress=self.show_progress, cache=self.cache)
+            self.say(f"[align] {result.steps} steps, loss {result.final_loss:.4f}, {result.seconds:.0f} s")
         return directory
 
     def _specialist(self, base: Path, plugin: str, dataset: Dataset) -> Path:
@@ -107,7 +141,7 @@ class Pipeline:
         directory = self.out / "specialists" / plugin
         if not self._done(directory, f"specialist:{plugin}"):
             result = train_specialist(base, plugin, dataset, directory, self.config.specialist_settings(plugin),
-                                      show_progress=self.show_progress)
+                                      show_progress=self.show_progress, cache=self.cache)
             self.say(f"[specialist:{plugin}] {result.steps} steps, loss {result.final_loss:.4f}, {result.seconds:.0f} s")
         return directory
 
@@ -133,7 +167,8 @@ class Pipeline:
                 return DriftReport(**saved["report"])
         d = self.config.drift
         report = check_drift(specialists, fused, dataset, split=self.config.dev_split, threshold=d.threshold,
-                             metric=d.metric, batch_size=self.config.eval_batch_size, show_progress=self.show_progress)
+                             metric=d.metric, batch_size=self.config.eval_batch_size, show_progress=self.show_progress,
+                             cache=self.cache)
         path.write_text(json.dumps({"fused_fingerprint": fused_print, "report": report.model_dump()}, indent=2))
         (self.out / "drift.md").write_text(report.to_markdown() + "\n")
         self.say(report.to_markdown())
@@ -150,7 +185,7 @@ class Pipeline:
             directory = self.out / "recovered" / plugin
             if not self._done(directory, f"recover:{plugin}"):
                 result = recover(current, plugin, dataset, directory, self._settings(self.config.recovery),
-                                 show_progress=self.show_progress)
+                                 show_progress=self.show_progress, cache=self.cache)
                 self.say(f"[recover:{plugin}] {result.steps} steps, loss {result.final_loss:.4f}")
             current = directory
         if not chosen:
@@ -168,7 +203,7 @@ class Pipeline:
         directory = self.out / "rehearsed"
         if not self._done(directory, "rehearse"):
             rehearse(recovered, dataset, directory, self._settings(self.config.rehearsal),
-                     show_progress=self.show_progress)
+                     show_progress=self.show_progress, cache=self.cache)
         return directory
 
     def _joint(self, base: Path, dataset: Dataset) -> Path:
@@ -179,7 +214,7 @@ class Pipeline:
             settings = {**self.config.train, **self.config.joint}
             if "steps" not in self.config.joint and self.config.joint_matches_specialist_steps:
                 settings["steps"] = self._specialist_steps_total()
-            train_joint(base, dataset, directory, settings, show_progress=self.show_progress)
+            train_joint(base, dataset, directory, settings, show_progress=self.show_progress, cache=self.cache)
         return directory
 
     def _specialist_steps_total(self) -> int:
@@ -202,9 +237,10 @@ class Pipeline:
             if saved.model_fingerprint == fingerprint and saved.dataset_hash == dataset.content_hash():
                 self.skipped.append(f"eval:{name}")
                 return saved
-        model = OmniModel.load(directory)
+        model = OmniModel.load(directory).use_cache(self.cache)
         report = evaluate(model, dataset, split=self.config.eval_split, batch_size=self.config.eval_batch_size,
                           show_progress=self.show_progress, label=name)
+        self.cache.flush()
         report.to_json(path)
         return report
 

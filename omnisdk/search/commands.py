@@ -18,7 +18,8 @@ QUERY_FILES = ("image", "audio", "video", "document")
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "index", help="index files and folders into a collection (re-runs skip unchanged files)",
-        description="Walk the paths (hidden files and symlinks are skipped), split each file into chunks (PDF pages, "
+        description="Walk the paths (hidden files, symlinks and what .gitignore / .omnisdkignore files name are "
+        "skipped), split each file into chunks (PDF pages, "
         "video segments, audio windows), embed them and write them to the collection. Unchanged files are skipped, "
         "changed ones replaced; a file that fails is logged and the rest goes on (exit 3). A killed run resumes "
         "when run again.",
@@ -27,7 +28,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--collection", required=True)
     p.add_argument("--model", type=Path, help="checkpoint directory (default: the one the collection was indexed with)")
     p.add_argument("--store", help=STORE_HELP)
-    p.add_argument("--prune", action="store_true", help="delete the points of files under PATH that no longer exist")
+    p.add_argument("--prune", action="store_true", help="delete the points of files under PATH that no longer exist "
+                   "(or that the rules below now leave out)")
+    p.add_argument("--include", action="append", default=[], metavar="GLOB",
+                   help="index only files matching GLOB (.gitignore syntax, relative to PATH; repeatable)")
+    p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                   help="skip files and folders matching GLOB (.gitignore syntax, relative to PATH; repeatable)")
+    p.add_argument("--no-ignore", action="store_true", help="do not honour .gitignore and .omnisdkignore files")
+    p.add_argument("--max-file-mb", type=float, metavar="MB", help="skip files larger than MB (listed in the summary)")
     p.add_argument("--batch-size", type=int, default=32, help="chunks embedded per batch (default 32)")
     p.add_argument("--error-log", type=Path, help="JSONL of this run's failures (default: in the store, or .omnisdk/)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -79,7 +87,7 @@ def cmd_index(args: argparse.Namespace) -> int:
             model, store, args.collection, model_dir=model_dir, batch_size=args.batch_size, error_log=args.error_log,
             progress=False if args.no_progress or args.json else None,
         )
-        report = indexer.index(args.paths, prune=args.prune)
+        report = indexer.index(args.paths, prune=args.prune, rules=_rules(args))
     print(json.dumps(report.as_dict(), indent=2) if args.json else report.markdown())
     for error in report.errors:
         print(f"omnisdk: failed: {error.path}: {error.cause}", file=sys.stderr)
@@ -89,6 +97,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from omnisdk.items import Item
     from omnisdk.search.searcher import Searcher
+    from omnisdk.special_files import check_regular_or_pipe, special_kind
     from omnisdk.store import open_store
     from omnisdk.tables import markdown_table
 
@@ -97,9 +106,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise OmniError("give one query: a text, or one of --image, --audio, --video, --document FILE")
     if files:
         kind, path = files[0]
-        if not path.is_file():
+        if not path.exists():
             raise OmniError(f"no such file: {path}")
-        query = Item.of_file(path.resolve(), kind)
+        check_regular_or_pipe(path)  # a socket or device is refused by name; a pipe is read once by encode
+        query = Item.of_file(path if special_kind(path) else path.resolve(), kind)  # /dev/fd/N must stay as given
     else:
         query = Item.of_text(args.text)
     modalities = [m.strip() for raw in args.modality or [] for m in raw.split(",") if m.strip()] or None
@@ -114,7 +124,17 @@ def cmd_search(args: argparse.Namespace) -> int:
         return 0
     print(markdown_table(["rank", "score", "modality", "source", "locator"],
                          [[h.rank, f"{h.score:.4f}", h.modality, h.source, h.where] for h in hits]))
+    for h in hits:  # text chunks: the matching passage under the table, by rank
+        if h.text:
+            print(f"\n{h.rank}. {Path(h.source).name}, {h.where}:\n" + _passage(h.text))
     return 0
+
+
+def _passage(text: str, lines: int = 6, width: int = 160) -> str:
+    """The first lines of a passage, indented, each cut at `width` characters."""
+    shown = [line if len(line) <= width else line[: width - 3] + "..." for line in text.strip().splitlines()[:lines]]
+    more = "\n    ..." if len(text.strip().splitlines()) > lines else ""
+    return "\n".join("    " + line for line in shown) + more
 
 
 def cmd_collections(args: argparse.Namespace) -> int:
@@ -142,6 +162,18 @@ def cmd_collections(args: argparse.Namespace) -> int:
                          [[r["collection"], "busy" if r["points"] is None else r["points"], r["dim"], r["fingerprint"][:12],
                            r["model_path"] or ""] for r in rows]))
     return 0
+
+
+def _rules(args: argparse.Namespace):
+    from pydantic import ValidationError
+
+    from omnisdk.search.rules import WalkRules
+
+    try:
+        return WalkRules(include=args.include, exclude=args.exclude, ignore_files=not args.no_ignore,
+                         max_file_mb=args.max_file_mb)
+    except ValidationError as exc:
+        raise OmniError(f"--max-file-mb must be a positive number of MiB, not {args.max_file_mb}") from exc
 
 
 def _recorded_model(meta, collection: str) -> Path:

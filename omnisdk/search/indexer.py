@@ -43,6 +43,7 @@ import numpy as np
 
 from omnisdk.errors import ModalityDetectionError, OmniError
 from omnisdk.items import Item, Locator
+from omnisdk.search.rules import WalkRules
 from omnisdk.search.walk import file_sha256, point_id, under, walk
 from omnisdk.store.base import Store, StoredPoint, ensure_collection, now_iso
 from omnisdk.tables import markdown_table
@@ -84,6 +85,8 @@ class IndexReport:
     failed: int = 0
     partial: int = 0
     skipped: Counter = field(default_factory=Counter)
+    #: files over the size cap: {"path", "bytes"}
+    too_large: list[dict[str, Any]] = field(default_factory=list)
     chunks_embedded: int = 0
     points_written: int = 0
     points_deleted: int = 0
@@ -103,7 +106,7 @@ class IndexReport:
         rows = [
             ["files seen", self.files], ["indexed (new or changed)", self.indexed], ["copied (same content elsewhere)", self.copied],
             ["unchanged", self.unchanged], ["failed", self.failed], ["partly failed", self.partial],
-            ["skipped", ", ".join(f"{k} {v}" for k, v in sorted(self.skipped.items())) or "0"],
+            *([[f"skipped ({cause})", n] for cause, n in sorted(self.skipped.items())] or [["skipped", 0]]),
             ["chunks embedded", self.chunks_embedded], ["points written", self.points_written],
             ["points deleted", self.points_deleted], ["files pruned", self.pruned_files],
             ["points in collection", self.points_total], ["seconds", f"{self.seconds:.1f}"],
@@ -111,6 +114,11 @@ class IndexReport:
         total = max(self.seconds, 1e-9)
         rows += [[f"seconds in {name}", f"{sec:.1f} ({100 * sec / total:.0f}%)"] for name, sec in self.timings.items()]
         text = markdown_table(["collection " + self.collection, self.store], rows)
+        if self.too_large:
+            shown = self.too_large[:20]
+            text += "\n\n" + markdown_table(["too large (skipped)", "MB"], [[f["path"], f"{f['bytes'] / 1e6:.1f}"] for f in shown])
+            if len(self.too_large) > len(shown):
+                text += f"\n\n(+{len(self.too_large) - len(shown)} more)"
         if self.errors:
             text += "\n\n" + markdown_table(
                 ["file", "stage", "cause"], [[e.path, e.stage, _short(e.cause)] for e in self.errors]
@@ -187,8 +195,11 @@ class Indexer:
         self.error_log = Path(error_log) if error_log else (local / "errors.jsonl" if local else Path(".omnisdk") / f"{collection}.errors.jsonl")
 
     # -- the run ----------------------------------------------------------------------------------------
-    def index(self, paths: Iterable[str | Path], *, prune: bool = False) -> IndexReport:
-        """Index every file under `paths` (files or folders); see the module docstring."""
+    def index(self, paths: Iterable[str | Path], *, prune: bool = False, rules: WalkRules | None = None) -> IndexReport:
+        """Index every file under `paths` (files or folders) that `rules` select; see the module docstring.
+
+        The roots and rules are recorded in the collection's metadata before anything is written.
+        """
         start = time.perf_counter()
         self._timer = PhaseTimer()
         roots = [Path(p).expanduser().resolve() for p in paths]
@@ -198,13 +209,16 @@ class Indexer:
         if missing and not prune:
             raise OmniError(f"no such file or folder: {', '.join(missing)} (with --prune, their points are removed)")
         report = IndexReport(self.collection, self.store.location, [str(r) for r in roots], error_log=str(self.error_log))
+        rules = rules or WalkRules()
+        self._record_roots([r for r in roots if r.exists()], rules)
         state = self._load_state()
         reusable = {sha: group for groups in state.values() for sha, group in groups.items() if group.complete}
         # The store's own files are never indexed, wherever it lives.
         own = [Path(d).resolve() for d in (self.store.local_dir(self.collection), getattr(self.store, "root", None),
                                  getattr(self.store, "local_path", None)) if d is not None]
-        tree = walk([r for r in roots if r.exists()])
+        tree = walk([r for r in roots if r.exists()], rules)
         report.skipped.update(tree.skipped)
+        report.too_large = [{"path": str(p), "bytes": size} for p, size in tree.too_large]
         self.error_log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.error_log, "w", encoding="utf-8") as log:
             self._log = log
@@ -220,6 +234,7 @@ class Indexer:
             self._embed(jobs)
             if prune:
                 self._prune(roots, {str(p) for p in tree.files}, state)
+                self._forget_roots([r for r in roots if not r.exists()])
         if report.points_written or report.points_deleted:
             with self._timer.phase("upsert"):
                 self.store.flush(self.collection)
@@ -315,7 +330,8 @@ class Indexer:
         points = [
             StoredPoint(
                 point_id(job.sha256, source, job.chunks[i].locator), job.vectors[i],
-                _payload(job.modality, source, job.chunks[i].locator, job.sha256, job.size, job.mtime, len(good), indexed_at),
+                _payload(job.modality, source, job.chunks[i].locator, job.sha256, job.size, job.mtime, len(good), indexed_at,
+                         job.chunks[i].text),
             )
             for i in good
         ]
@@ -334,7 +350,8 @@ class Indexer:
         points = []
         for point in stored:
             locator = Locator.from_dict(point.payload.get("locator"))
-            payload = _payload(modality, source, locator, sha, st.st_size, st.st_mtime, group.chunks, indexed_at)
+            payload = _payload(modality, source, locator, sha, st.st_size, st.st_mtime, group.chunks, indexed_at,
+                               point.payload.get("text"))
             points.append(StoredPoint(point_id(sha, source, locator), point.vector, payload))
         self._upsert(path, points)
         self._delete(path, old_ids - {p.id for p in points})
@@ -353,6 +370,22 @@ class Indexer:
         self._report.points_deleted += len(ids)
 
     # -- helpers ------------------------------------------------------------------------------------------
+    def _record_roots(self, roots: list[Path], rules: WalkRules) -> None:
+        """The roots in the collection's metadata, first: a killed run leaves a superset, never less."""
+        recorded = dict(self.meta.roots)
+        for root in roots:
+            recorded[str(root)] = {"rules": rules.model_dump(), "indexed_at": now_iso()}
+        self._save_roots(recorded)
+
+    def _forget_roots(self, gone: list[Path]) -> None:
+        if any(str(r) in self.meta.roots for r in gone):
+            self._save_roots({k: v for k, v in self.meta.roots.items() if k not in {str(r) for r in gone}})
+
+    def _save_roots(self, roots: dict[str, dict[str, Any]]) -> None:
+        # From the store: another writer (score calibration, say) may have updated other fields.
+        self.meta = self.store.get_meta(self.collection).model_copy(update={"roots": roots})
+        self.store.update_meta(self.collection, self.meta)
+
     def _load_state(self) -> dict[str, dict[str, _Group]]:
         """source -> sha256 -> the group of stored points, from the payloads (the store is the truth)."""
         state: dict[str, dict[str, _Group]] = defaultdict(dict)
@@ -415,11 +448,17 @@ def stored_mtime(mtime: float) -> float:
     return round(mtime, 6)
 
 
-def _payload(modality: str, source: str, locator: Locator | None, sha: str, size: int, mtime: float, chunks: int, indexed_at: str) -> dict[str, Any]:
-    return {
+def _payload(
+    modality: str, source: str, locator: Locator | None, sha: str, size: int, mtime: float, chunks: int, indexed_at: str,
+    text: str | None = None,
+) -> dict[str, Any]:
+    payload = {
         "modality": modality, "source": source, "locator": locator.to_dict() if locator else None, "sha256": sha,
         "size": size, "mtime": stored_mtime(mtime), "chunks": chunks, "indexed_at": indexed_at,
     }
+    if text is not None:  # a text chunk's passage, so results show it without reading the file again
+        payload["text"] = text
+    return payload
 
 
 def _chunk_error(job: _Job) -> FileError:

@@ -53,11 +53,19 @@ class SearchHit:
     where: str = ""
     payload: dict[str, Any] = field(default_factory=dict, repr=False)
 
+    @property
+    def text(self) -> str | None:
+        """The matching passage of a text chunk (stored at indexing); None for other chunks."""
+        return self.payload.get("text")
+
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "rank": self.rank, "score": round(self.score, 6), "modality": self.modality, "source": self.source,
             "locator": self.locator.to_dict() if self.locator else None, "where": self.where, "id": self.id,
         }
+        if self.text is not None:
+            out["text"] = self.text
+        return out
 
 
 class Searcher:

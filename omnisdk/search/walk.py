@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterable
 
 from omnisdk.items import Locator
+from omnisdk.search.rules import Selector, WalkRules
 
 #: The namespace of omnisdk point ids (uuid5 of a fixed name, so it never changes).
 POINT_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/omnisdk/omnisdk/point")
@@ -19,61 +20,82 @@ POINT_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/omnisdk/omn
 
 @dataclass
 class Walk:
-    """The regular files under the roots, sorted, and what was passed over (reason -> count)."""
+    """The regular files under the roots, sorted, what was passed over (cause -> count), and the
+    files over the size cap with their sizes."""
 
     files: list[Path] = field(default_factory=list)
     skipped: Counter = field(default_factory=Counter)
+    too_large: list[tuple[Path, int]] = field(default_factory=list)
 
 
-def walk(roots: Iterable[Path]) -> Walk:
-    """Regular files under `roots` (absolute, resolved), skipping hidden names and every symlink.
+def walk(roots: Iterable[Path], rules: WalkRules | None = None) -> Walk:
+    """Regular files under `roots` (absolute, resolved), skipping hidden names, every symlink, and
+    what `rules` leave out (see omnisdk.search.rules: include/exclude, ignore files, size cap).
 
-    A root named explicitly is used even if hidden; a root that is a symlink is resolved (the user
-    named it). Inside the roots no symlink is followed, to a file or a folder: one pointing outside
-    would index what was not asked for, one pointing inside would index a file twice.
+    A root named explicitly is used even if hidden, excluded or ignored (the user named it); a root
+    that is a symlink is resolved. Inside the roots no symlink is followed, to a file or a folder:
+    one pointing outside would index what was not asked for, one pointing inside would index a file
+    twice. Skips are counted by cause: hidden, symlink, special, excluded, ignored, not included,
+    too large.
     """
+    rules = rules or WalkRules()
+    select = Selector(rules)
+    cap = rules.max_file_bytes
     result = Walk()
     seen: set[Path] = set()
     for root in roots:
         root = Path(root).resolve()
         if root.is_file():
-            _add(result, seen, root)
+            _add(result, seen, root, cap)
             continue
+        specs = {root: select.ignore_specs(root, [])}
         for directory, dirnames, filenames in os.walk(root, followlinks=False):
             base = Path(directory)
+            inherited = specs.pop(base, [])
             kept = []
             for name in sorted(dirnames):
-                if name.startswith("."):
-                    result.skipped["hidden"] += 1
-                elif (base / name).is_symlink():
-                    result.skipped["symlink"] += 1
+                path = base / name
+                cause = _cause(select, root, path, True, inherited)
+                if cause:
+                    result.skipped[cause] += 1
                 else:
                     kept.append(name)
+                    specs[path] = select.ignore_specs(path, inherited)
             dirnames[:] = kept
             for name in sorted(filenames):
                 path = base / name
-                if name.startswith("."):
-                    result.skipped["hidden"] += 1
-                elif path.is_symlink():
-                    result.skipped["symlink"] += 1
+                cause = _cause(select, root, path, False, inherited)
+                if cause:
+                    result.skipped[cause] += 1
                 else:
-                    _add(result, seen, path)
+                    _add(result, seen, path, cap)
     result.files.sort()
     return result
 
 
-def _add(result: Walk, seen: set[Path], path: Path) -> None:
+def _cause(select: Selector, root: Path, path: Path, is_dir: bool, specs: list) -> str | None:
+    if path.name.startswith("."):
+        return "hidden"
+    if path.is_symlink():
+        return "symlink"
+    return select.cause(root, path, is_dir, specs)
+
+
+def _add(result: Walk, seen: set[Path], path: Path, cap: int | None = None) -> None:
     if path in seen:
         return
     seen.add(path)
     try:
-        mode = path.stat(follow_symlinks=False).st_mode
+        st = path.stat(follow_symlinks=False)
     except OSError:  # gone between listing and stat: nothing to index
         return
-    if stat_module.S_ISREG(mode):
-        result.files.append(path)
-    else:
+    if not stat_module.S_ISREG(st.st_mode):
         result.skipped["special"] += 1
+    elif cap is not None and st.st_size > cap:
+        result.skipped["too large"] += 1
+        result.too_large.append((path, st.st_size))
+    else:
+        result.files.append(path)
 
 
 def under(path: str | Path, roots: Iterable[Path]) -> bool:

@@ -50,6 +50,9 @@ class CollectionMeta(BaseModel):
     model_path: str | None = None
     omnisdk_version: str = __version__
     created_at: str = ""
+    #: the roots indexed into it (absolute paths) -> {"rules": the walk rules used, "indexed_at": ...},
+    #: recorded before a run writes anything, so the app knows what it may serve without a scroll.
+    roots: dict[str, dict[str, Any]] = {}
 
     def model_post_init(self, _context: Any) -> None:
         if not self.created_at:
@@ -97,6 +100,9 @@ class Store(Protocol):
 
     def get_meta(self, collection: str) -> CollectionMeta:
         """The collection's metadata; CollectionNotFoundError when it does not exist."""
+
+    def update_meta(self, collection: str, meta: CollectionMeta) -> None:
+        """Replace the collection's recorded metadata (dimension and fingerprint must stay as they are)."""
 
     def delete_collection(self, collection: str) -> None: ...
 

@@ -125,6 +125,15 @@ class ClientStore:
         self._metas[collection] = meta
         return meta
 
+    def update_meta(self, collection: str, meta: CollectionMeta) -> None:
+        self.get_meta(collection)  # raises CollectionNotFoundError
+        if self._collection_metadata(collection) is not None:
+            self._call("update collection metadata", self.client.update_collection, collection,
+                       metadata={_META_KEY: meta.model_dump()})
+        if self._collection_metadata(collection) is None:  # a server without collection metadata
+            self._write_sidecar(collection, meta)
+        self._metas[collection] = meta
+
     def delete_collection(self, collection: str) -> None:
         self._metas.pop(collection, None)
         if self.collection_exists(collection):

@@ -115,6 +115,14 @@ class EdgeStore:
         self._metas[collection] = meta
         return meta
 
+    def update_meta(self, collection: str, meta: CollectionMeta) -> None:
+        path = self.local_dir(collection) / META_FILE
+        if not path.is_file():
+            raise CollectionNotFoundError(f"no collection '{collection}' in {self.location}")
+        text = meta.model_dump_json(indent=2)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text))  # a kill leaves the old or the new file
+        self._metas[collection] = meta
+
     def delete_collection(self, collection: str) -> None:
         directory = self.local_dir(collection)
         if not directory.exists():
