@@ -28,6 +28,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--upload-dir", type=Path,
                    help="where files added in the Index tab are kept (default: omnisdk's data folder/uploads/COLLECTION)")
     p.add_argument("--no-index-tab", action="store_true", help="search only: no uploads into the collection")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="rank mixed-modality results by raw cosine, without the per-modality calibration")
     p.set_defaults(func=cmd_app)
 
 
@@ -39,7 +41,7 @@ def cmd_app(args: argparse.Namespace) -> int:
         raise OmniError(f"--port {args.port} is not a port: use 1-65535")
     if args.max_upload_mb <= 0:
         raise OmniError(f"--max-upload-mb {args.max_upload_mb} must be positive")
-    backend = StoreBackend.open(args.collection, args.store, args.model)
+    backend = StoreBackend.open(args.collection, args.store, args.model, calibrate=not args.no_calibrate)
     try:
         local = backend.store.local_dir(args.collection)
         settings = AppSettings(

@@ -50,6 +50,9 @@ class CollectionMeta(BaseModel):
     model_path: str | None = None
     omnisdk_version: str = __version__
     created_at: str = ""
+    #: per-modality score statistics for the query-time modality correction (omnisdk.search.calibration),
+    #: refreshed by the indexer; None until a run has written vectors.
+    calibration: dict[str, Any] | None = None
 
     def model_post_init(self, _context: Any) -> None:
         if not self.created_at:
@@ -97,6 +100,9 @@ class Store(Protocol):
 
     def get_meta(self, collection: str) -> CollectionMeta:
         """The collection's metadata; CollectionNotFoundError when it does not exist."""
+
+    def set_meta(self, collection: str, meta: CollectionMeta) -> None:
+        """Replace the collection's recorded metadata (e.g. refreshed calibration statistics)."""
 
     def delete_collection(self, collection: str) -> None: ...
 

@@ -125,6 +125,15 @@ class ClientStore:
         self._metas[collection] = meta
         return meta
 
+    def set_meta(self, collection: str, meta: CollectionMeta) -> None:
+        self.get_meta(collection)  # CollectionNotFoundError first
+        if self._collection_metadata(collection) is not None:
+            self._call("update collection metadata", self.client.update_collection, collection,
+                       metadata={_META_KEY: meta.model_dump()})
+        else:  # a server without collection metadata keeps it in the sidecar
+            self._write_sidecar(collection, meta)
+        self._metas[collection] = meta
+
     def delete_collection(self, collection: str) -> None:
         self._metas.pop(collection, None)
         if self.collection_exists(collection):

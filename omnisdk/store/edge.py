@@ -115,6 +115,12 @@ class EdgeStore:
         self._metas[collection] = meta
         return meta
 
+    def set_meta(self, collection: str, meta: CollectionMeta) -> None:
+        self.get_meta(collection)  # CollectionNotFoundError first
+        text = meta.model_dump_json(indent=2)
+        atomic_write(self.local_dir(collection) / META_FILE, lambda tmp: Path(tmp).write_text(text))
+        self._metas[collection] = meta
+
     def delete_collection(self, collection: str) -> None:
         directory = self.local_dir(collection)
         if not directory.exists():
