@@ -13,7 +13,12 @@ means more upserts per second, or a slower query). numpy's "upsert" only stacks 
 
 "Qdrant Edge" queries walk the HNSW graph Edge builds in `optimize` (default settings); "Qdrant
 Edge exact" asks the same store for exact search (SearchParams(exact=True)), what omnisdk's
-Searcher does by default up to 100k points.
+Searcher does by default up to 100k points. "Searcher" and "Searcher calibrated" time omnisdk's
+`Searcher.search_vector` on Edge (exact, as it searches up to 100k points), without and with the
+per-modality calibration (issue 16): unfiltered, the calibrated search runs one filtered query per
+modality and merges them; with a one-modality filter both run the same single query. The time to
+compute the calibration statistics (`refresh_calibration`, what the indexer adds to a run that
+changed the collection) is the "optimize s" column of the calibrated row.
 
 qdrant-client's local mode (on disk, `local:PATH`) is brute force in Python and warns above 20k
 points: its upserts run at a few hundred points a second and a filtered query scans every payload
@@ -38,7 +43,8 @@ import numpy as np
 DIM = 384
 MODALITIES = ("text", "image", "document", "audio")
 K = 10
-BACKENDS = {"edge": "Qdrant Edge", "edge-exact": "Qdrant Edge exact", "client": "qdrant-client local", "numpy": "numpy exact"}
+BACKENDS = {"edge": "Qdrant Edge", "edge-exact": "Qdrant Edge exact", "client": "qdrant-client local", "numpy": "numpy exact",
+            "searcher": "Searcher (Edge exact)", "searcher-calibrated": "Searcher calibrated (Edge exact)"}
 
 
 def dataset(n: int, queries: int, seed: int = 0):
@@ -86,7 +92,8 @@ def timed_queries(search, queries, filters):
     return out
 
 
-def bench_store(kind: str, vectors, queries, modality, ids, filters, n_queries: int | None = None, exact: bool = False):
+def bench_store(kind: str, vectors, queries, modality, ids, filters, n_queries: int | None = None, exact: bool = False,
+                searcher: str | None = None):
     from omnisdk.store import CollectionMeta, StoredPoint, open_store
 
     tmp = tempfile.mkdtemp(prefix="omnisdk-bench-")
@@ -105,6 +112,9 @@ def bench_store(kind: str, vectors, queries, modality, ids, filters, n_queries: 
             store.optimize("bench")
             optimize_s = time.perf_counter() - t0
         assert store.count("bench") == len(ids)
+        if searcher:
+            return (upsert_s, *_bench_searcher(store, searcher == "calibrated", queries[: n_queries or len(queries)],
+                                               filters, row_of))
 
         def search(q, m):
             return [row_of[h.id] for h in store.query("bench", q, K, [m] if m else None, exact=exact)]
@@ -114,6 +124,26 @@ def bench_store(kind: str, vectors, queries, modality, ids, filters, n_queries: 
     finally:
         store.close()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _bench_searcher(store, calibrated: bool, queries, filters, row_of):
+    from types import SimpleNamespace
+
+    from omnisdk.search import Searcher
+    from omnisdk.search.calibration import refresh_calibration
+
+    t0 = time.perf_counter()
+    if calibrated:
+        refresh_calibration(store, "bench")
+    refresh_s = time.perf_counter() - t0
+    # search_vector needs no encoder: a stand-in with the collection's fingerprint and no plugins
+    model = SimpleNamespace(fingerprint="0" * 64, plugins={})
+    searcher = Searcher(store, "bench", model, calibrate=calibrated)
+
+    def search(q, m):
+        return [row_of[h.id] for h in searcher.search_vector(q, limit=K, modalities=[m] if m else None)]
+
+    return refresh_s, timed_queries(search, queries, filters[: len(queries)])
 
 
 def bench_numpy(vectors, queries, modality, ids, filters):
@@ -139,8 +169,10 @@ def run(sizes: list[int], n_queries: int, backends: list[str], client_queries: i
         truth_plain, truth_filtered = exact_top_k(vectors, queries, modality, filters)
         for kind in backends:
             fn = bench_numpy if kind == "numpy" else (
-                lambda *a, kind=kind: bench_store(kind.removesuffix("-exact"), *a, exact=kind.endswith("-exact"),
-                                                  n_queries=client_queries if kind == "client" else None))
+                lambda *a, kind=kind: bench_store(
+                    "edge" if kind.startswith("searcher") else kind.removesuffix("-exact"), *a, exact=kind.endswith("-exact"),
+                    n_queries=client_queries if kind == "client" else None,
+                    searcher=("calibrated" if kind.endswith("calibrated") else "raw") if kind.startswith("searcher") else None))
             upsert_s, optimize_s, results = fn(vectors, queries, modality, ids, filters)
             row = {"size": n, "backend": BACKENDS[kind],
                    "upsert_per_s": n / upsert_s, "optimize_s": optimize_s}

@@ -124,7 +124,7 @@ def _gapped_vectors(n_per: int = 60, dim: int = 24, seed: int = 0):
 
 def test_zscore_is_each_modalitys_exact_standardisation_and_keeps_its_order():
     vectors, labels = _gapped_vectors()
-    calibration = fit_calibration(vectors, labels, rank=24)
+    calibration = fit_calibration(vectors, labels, rank=24, prior=0)
     queries = vectors[:5]
     raw = queries @ vectors.T
     z = calibration.apply(queries, raw, labels)
@@ -137,7 +137,7 @@ def test_zscore_is_each_modalitys_exact_standardisation_and_keeps_its_order():
 def test_merging_each_modalitys_top_k_is_the_exact_calibrated_top_k():
     vectors, labels = _gapped_vectors()
     for method in ("zscore", "center"):
-        calibration = fit_calibration(vectors, labels, method=method, rank=4)
+        calibration = fit_calibration(vectors, labels, method=method, rank=4, prior=8)
         query = vectors[7] + 0.3 * vectors[100]
         raw = vectors @ query
         z = calibration.apply(query[None], raw[None], labels)[0]
@@ -166,3 +166,14 @@ def test_dataset_hash_covers_the_mixed_rows(omniworld):
     assert {"t2x", "a2x"} <= set(meta["tasks"])
     digest = hashlib.sha256((omniworld / "queries.jsonl").read_bytes()).hexdigest()
     assert meta["files"]["queries.jsonl"] == digest
+
+
+def test_a_modality_of_one_item_is_shrunk_toward_the_pooled_statistics():
+    vectors, labels = _gapped_vectors()
+    lone = vectors[:1]  # one text item among many images and sounds: its own spread is zero
+    vectors, labels = np.concatenate([lone, vectors[60:]]), ["text"] + labels[60:]
+    for prior in (32.0, 0.0):
+        calibration = fit_calibration(vectors, labels, prior=prior)
+        z = calibration.apply(lone, lone @ vectors.T, labels)[0]
+        # with the prior, searching for the item itself finds it first; without, it sits at z = 0
+        assert (int(np.argmax(z)) == 0) == (prior > 0), prior

@@ -18,7 +18,7 @@ def model(tiny_model_factory):
     return tiny_model_factory(modalities=["text", "image", "audio"])
 
 
-def _gapped_points(dim: int, n_per: int = 40, seed: int = 0):
+def _gapped_points(dim: int, n_per: int = 200, seed: int = 0):
     """Text vectors sit close to the query direction's cluster, image and audio ones far: a gap."""
     rng = np.random.default_rng(seed)
     centres = {m: rng.standard_normal(dim) for m in ("text", "image", "audio")}

@@ -63,7 +63,8 @@ def test_search_text_prints_ranked_hits(setup, indexed, capsys):
     code, out, _ = cli(capsys, "search", "solar panels", "--collection", "c", "--store", indexed, "--limit", "4")
     assert code == 0
     lines = out.strip().splitlines()
-    assert lines[0] == "| rank | score | modality | source | locator |" and len(lines) == 2 + 4
+    # several modalities: ranked by the calibrated score (issue 16), the cosine beside it
+    assert lines[0] == "| rank | calibrated | cosine | modality | source | locator |" and len(lines) == 2 + 4
     assert lines[2].startswith("| 1 | ")
 
 

@@ -37,6 +37,8 @@ Method = Literal["zscore", "center"]
 DEFAULT_SAMPLE = 4096
 #: Principal directions kept per modality; the rest of the variance is spread evenly (isotropic).
 DEFAULT_RANK = 16
+#: Pseudo-items of the pooled statistics mixed into each modality's (see fit_calibration).
+DEFAULT_PRIOR = 32.0
 #: A spread below this (cosine units) is treated as this: a modality of identical vectors stays finite.
 MIN_SPREAD = 1e-4
 
@@ -108,31 +110,43 @@ class Calibration(BaseModel):
 
 
 def fit_calibration(vectors: np.ndarray, modalities: Sequence[str], *, method: Method = "zscore",
-                    rank: int = DEFAULT_RANK, points: int = 0, computed_at: str = "") -> Calibration:
-    """Statistics per modality from item vectors [n, dim] (non-finite rows, failed items, are ignored)."""
+                    rank: int = DEFAULT_RANK, prior: float = DEFAULT_PRIOR, points: int = 0,
+                    computed_at: str = "") -> Calibration:
+    """Statistics per modality from item vectors [n, dim] (non-finite rows, failed items, are ignored).
+
+    Each modality's moments are shrunk toward the pooled ones by `prior` pseudo-items, so a
+    modality of one or a few items (whose spread says nothing) is scored almost as the rest.
+    """
     vectors = np.asarray(vectors, dtype=np.float32)
     labels = np.asarray(modalities)
     good = np.isfinite(vectors).all(axis=1)
+    pooled = _moments(vectors[good])
     stats = {}
     for name in sorted(set(labels[good].tolist())):
-        stats[name] = modality_stats(vectors[good & (labels == name)], rank)
+        rows = vectors[good & (labels == name)]
+        weight = len(rows) / (len(rows) + prior)
+        mean, second = _moments(rows)
+        stats[name] = modality_stats(weight * mean + (1 - weight) * pooled[0], weight * second + (1 - weight) * pooled[1],
+                                     len(rows), rank)
     return Calibration(method=method, dim=vectors.shape[1], modalities=stats, points=points or len(vectors),
                        computed_at=computed_at)
 
 
-def modality_stats(rows: np.ndarray, rank: int = DEFAULT_RANK) -> ModalityStats:
-    """Centroid and top-`rank` principal directions of one modality's vectors [n, dim]."""
+def _moments(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean [dim] and second moment E[x x'] [dim, dim], in float64."""
     rows = np.asarray(rows, dtype=np.float64)
-    n, dim = rows.shape
-    mean = rows.mean(axis=0)
-    centred = rows - mean
-    _, singular, vt = np.linalg.svd(centred, full_matrices=False)
-    eigen = singular**2 / max(n, 1)
-    keep = min(rank, len(eigen))
-    left = max(dim - keep, 1)
-    residual = float(max(eigen[keep:].sum(), 0.0) / left)
-    return ModalityStats(count=n, mean=_pack(mean), components=_pack(vt[:keep]), variances=_pack(eigen[:keep]),
-                         residual=residual)
+    return rows.mean(axis=0), rows.T @ rows / max(len(rows), 1)
+
+
+def modality_stats(mean: np.ndarray, second: np.ndarray, count: int, rank: int = DEFAULT_RANK) -> ModalityStats:
+    """Centroid and top-`rank` principal directions of the covariance `second - mean mean'`."""
+    dim = len(mean)
+    eigen, vectors = np.linalg.eigh(second - np.outer(mean, mean))  # ascending
+    eigen, vectors = np.maximum(eigen[::-1], 0.0), vectors[:, ::-1]
+    keep = min(rank, dim)
+    residual = float(eigen[keep:].sum() / max(dim - keep, 1))
+    return ModalityStats(count=count, mean=_pack(mean), components=_pack(vectors[:, :keep].T),
+                         variances=_pack(eigen[:keep]), residual=residual)
 
 
 def merge_top(per_modality: Mapping[str, Sequence[tuple[float, object]]], queries: np.ndarray,
