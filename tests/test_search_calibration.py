@@ -116,3 +116,18 @@ def test_search_cli_calibrates_by_default_and_no_calibrate_turns_it_off(model, t
     assert json.loads(capsys.readouterr().out)["hits"] == image_on
     assert main(base[:-1]) == 0
     assert "| rank | calibrated | cosine |" in capsys.readouterr().out
+
+
+def test_statistics_of_another_collection_size_are_not_used(model, collection):
+    store, points, centres = collection
+    query = (centres["audio"] / np.linalg.norm(centres["audio"])).astype(np.float32)
+    assert Searcher(store, "mixed", model).search_vector(query, limit=3)[0].calibrated is not None
+    extra = np.random.default_rng(5).standard_normal(model.dim)
+    store.upsert("mixed", [StoredPoint(str(uuid.uuid4()), (extra / np.linalg.norm(extra)).tolist(), {"modality": "text"})])
+    stale = Searcher(store, "mixed", model).search_vector(query, limit=3)  # written outside the indexer
+    assert all(h.calibrated is None for h in stale)
+    refresh_calibration(store, "mixed")
+    assert Searcher(store, "mixed", model).search_vector(query, limit=3)[0].calibrated is not None
+    # a filter naming a modality the collection lacks still calibrates the others
+    hits = Searcher(store, "mixed", model).search_vector(query, limit=5, modalities=["text", "image", "video"])
+    assert {h.modality for h in hits} <= {"text", "image"} and hits[0].calibrated is not None

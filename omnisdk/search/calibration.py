@@ -72,7 +72,7 @@ class Calibration(BaseModel):
     method: Method = "zscore"
     dim: int
     modalities: dict[str, ModalityStats]
-    points: int = 0  # the collection's size when computed (a hint for staleness, not used to score)
+    points: int = 0  # the collection's size when computed: Searcher ignores statistics of another size (stale)
     computed_at: str = ""
 
     def affine(self, queries: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:

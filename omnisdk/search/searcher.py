@@ -131,7 +131,13 @@ class Searcher:
         wanted = modality_list(modalities)
         calibration = self.calibration()
         try:
-            exact = self.exact if self.exact is not None else self.store.count(self.collection) <= EXACT_SEARCH_UP_TO
+            points = self.store.count(self.collection)
+            exact = self.exact if self.exact is not None else points <= EXACT_SEARCH_UP_TO
+            if calibration is not None and points != calibration.points:
+                calibration = None  # written to outside the indexer since: raw scores, rather than stale statistics
+            if calibration is not None and wanted is not None:
+                # The statistics cover every modality the collection holds: any other has no points.
+                wanted = [m for m in wanted if m in calibration.modalities] or wanted[:1]
             if calibration is None or (wanted is not None and len(wanted) == 1):
                 return [self._hit(rank, hit) for rank, hit in enumerate(self.store.query(self.collection, vector, limit, wanted, exact=exact), start=1)]
             # Each modality's own top `limit`, then one ranking by calibrated score: exact (see calibration.py).
