@@ -177,3 +177,30 @@ def test_a_modality_of_one_item_is_shrunk_toward_the_pooled_statistics():
         z = calibration.apply(lone, lone @ vectors.T, labels)[0]
         # with the prior, searching for the item itself finds it first; without, it sits at z = 0
         assert (int(np.argmax(z)) == 0) == (prior > 0), prior
+
+
+def test_one_wide_query_plus_needed_fetches_is_the_exact_calibrated_top_k():
+    from omnisdk.search.calibration import calibrated_top
+
+    vectors, labels = _gapped_vectors(n_per=200)
+    calibration = fit_calibration(vectors, labels, rank=4)
+    order_of = {}
+    for seed in range(5):
+        query = vectors[seed * 97] + 0.5 * np.random.default_rng(seed).standard_normal(vectors.shape[1])
+        raw = vectors @ query
+        ranked = np.argsort(-raw, kind="stable")
+        fetched = []
+
+        def fetch(m):
+            fetched.append(m)
+            return [(float(raw[i]), int(i)) for i in ranked if labels[i] == m][:10]
+
+        for pool in (10, 40, 1000):
+            fetched.clear()
+            first = [(float(raw[i]), labels[i], int(i)) for i in ranked[:pool]]
+            got = [hit for _, _, hit in calibrated_top(query, first, pool, calibration, 10, fetch)]
+            z = calibration.apply(query[None], raw[None], labels)[0]
+            assert got == list(np.argsort(-z, kind="stable")[:10]), (seed, pool)
+            order_of[(seed, pool)] = len(fetched)
+    assert all(order_of[(s, 1000)] == 0 for s in range(5))  # the whole collection came back: no fetch
+    assert any(order_of[(s, 10)] > 0 for s in range(5))  # a narrow first query needs the fallback

@@ -204,3 +204,34 @@ def stored_calibration(meta) -> Calibration | None:
     """The statistics recorded in a collection's metadata, or None (never indexed since they existed)."""
     data = getattr(meta, "calibration", None)
     return Calibration.model_validate(data) if data else None
+
+
+def calibrated_top(query: np.ndarray, first: Sequence[tuple[float, str, object]], pool: int, calibration: Calibration,
+                   limit: int, fetch, modalities: Sequence[str] | None = None) -> list[tuple[float, float, object]]:
+    """The exact calibrated top `limit`, from one unfiltered raw top list and as few filtered queries as possible.
+
+    `first`: the raw top `pool` of every modality, as (raw score, modality, hit), best first. A
+    modality with at least `limit` items there has its own top `limit` there (the correction keeps
+    each modality's order). Any other modality's unseen items score at most the last raw score of
+    `first`, so at most that score calibrated: only when that bound reaches the current k-th
+    calibrated score is the modality's own top fetched (`fetch(modality)` -> [(raw, hit), ...]).
+    `modalities`: those searched (default: every modality with statistics).
+    """
+    names = list(modalities or calibration.modalities)
+    per: dict[str, list[tuple[float, object]]] = {m: [] for m in names}
+    for raw, modality, hit in first:
+        per.setdefault(modality, []).append((raw, hit))
+    per = {m: hits[:limit] for m, hits in per.items()}
+    if len(first) < pool:  # the whole collection came back: nothing is unseen
+        return merge_top(per, query, calibration, limit)
+    merged = merge_top(per, query, calibration, limit)
+    kth = merged[-1][0] if len(merged) >= limit else -np.inf
+    floor = first[-1][0]
+    affine = calibration.affine(np.asarray(query, dtype=np.float32).reshape(1, -1))
+    short = [m for m in names if m in affine and len(per.get(m, ())) < limit]
+    refetch = [m for m in short if (floor - float(affine[m][0][0])) / float(affine[m][1][0]) >= kth]
+    if not refetch:
+        return merged
+    for modality in refetch:
+        per[modality] = list(fetch(modality))
+    return merge_top(per, query, calibration, limit)

@@ -27,6 +27,8 @@ these sizes exactness costs little.
 correction (omnisdk.search.calibration), from the statistics the indexer stored with the collection:
 one query per modality, each modality's scores standardised by that modality's own score
 distribution for this query, then merged; exact, because the correction keeps each modality's order.
+The merge first uses one wider raw query, and asks a modality for its own top only when that
+query cannot rule out its unseen items.
 `SearchHit.score` stays the cosine similarity; `SearchHit.calibrated` is the score the hits are
 ranked by (None when uncalibrated). One modality (or `calibrate=False`, or a collection without
 statistics) is the plain nearest-neighbour search.
@@ -41,11 +43,13 @@ import numpy as np
 
 from omnisdk.errors import OmniError
 from omnisdk.items import Item, Locator, as_item
-from omnisdk.search.calibration import Calibration, merge_top, stored_calibration
+from omnisdk.search.calibration import Calibration, calibrated_top, stored_calibration
 from omnisdk.store.base import Store, StoreError, check_fingerprint, modality_list
 
 #: Up to this many points, search scores every point (see the module docstring).
 EXACT_SEARCH_UP_TO = 100_000
+#: A calibrated search first asks for this many x limit x modalities raw hits (see calibrated_top).
+CALIBRATION_POOL = 4
 
 
 @dataclass
@@ -140,14 +144,20 @@ class Searcher:
                 wanted = [m for m in wanted if m in calibration.modalities] or wanted[:1]
             if calibration is None or (wanted is not None and len(wanted) == 1):
                 return [self._hit(rank, hit) for rank, hit in enumerate(self.store.query(self.collection, vector, limit, wanted, exact=exact), start=1)]
-            # Each modality's own top `limit`, then one ranking by calibrated score: exact (see calibration.py).
-            per_modality = {m: [(h.score, h) for h in self.store.query(self.collection, vector, limit, [m], exact=exact)]
-                            for m in (wanted or calibration.modalities)}
+            # One wider raw query, then each modality's own top only where the wider one cannot rule
+            # it out: exact (see calibration.calibrated_top), and usually a single query.
+            pool = max(CALIBRATION_POOL * limit * len(calibration.modalities), 100)
+            first = [(h.score, h.payload.get("modality", ""), h)
+                     for h in self.store.query(self.collection, vector, pool, wanted, exact=exact)]
+
+            def fetch(modality: str) -> list:
+                return [(h.score, h) for h in self.store.query(self.collection, vector, limit, [modality], exact=exact)]
+
+            merged = calibrated_top(vector, first, pool, calibration, limit, fetch, wanted)
         except StoreError:
             raise
         except Exception as exc:  # a backend error on query: one line naming the collection
             raise StoreError(f"searching collection '{self.collection}' in {self.store.location} failed: {exc}") from exc
-        merged = merge_top(per_modality, vector, calibration, limit)
         return [self._hit(rank, hit, calibrated) for rank, (calibrated, _, hit) in enumerate(merged, start=1)]
 
     def calibration(self) -> Calibration | None:
