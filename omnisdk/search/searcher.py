@@ -49,7 +49,7 @@ from omnisdk.store.base import Store, StoreError, check_fingerprint, modality_li
 #: Up to this many points, search scores every point (see the module docstring).
 EXACT_SEARCH_UP_TO = 100_000
 #: A calibrated search first asks for this many x limit x modalities raw hits (see calibrated_top).
-CALIBRATION_POOL = 4
+CALIBRATION_POOL = 2
 
 
 @dataclass
@@ -146,7 +146,7 @@ class Searcher:
                 return [self._hit(rank, hit) for rank, hit in enumerate(self.store.query(self.collection, vector, limit, wanted, exact=exact), start=1)]
             # One wider raw query, then each modality's own top only where the wider one cannot rule
             # it out: exact (see calibration.calibrated_top), and usually a single query.
-            pool = max(CALIBRATION_POOL * limit * len(calibration.modalities), 100)
+            pool = max(CALIBRATION_POOL * limit * len(calibration.modalities), 50)
             first = [(h.score, h.payload.get("modality", ""), h)
                      for h in self.store.query(self.collection, vector, pool, wanted, exact=exact)]
 
