@@ -30,6 +30,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="where files added in the Index tab are kept (default: omnisdk's data folder/uploads/COLLECTION)")
     p.add_argument("--no-index-tab", action="store_true", help="search only: no uploads into the collection")
     add_precision_argument(p)
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="rank mixed-modality results by raw cosine, without the per-modality calibration")
     p.set_defaults(func=cmd_app)
 
 
@@ -41,7 +43,8 @@ def cmd_app(args: argparse.Namespace) -> int:
         raise OmniError(f"--port {args.port} is not a port: use 1-65535")
     if args.max_upload_mb <= 0:
         raise OmniError(f"--max-upload-mb {args.max_upload_mb} must be positive")
-    backend = StoreBackend.open(args.collection, args.store, args.model, precision=args.precision)
+    backend = StoreBackend.open(args.collection, args.store, args.model, precision=args.precision,
+                                calibrate=not args.no_calibrate)
     try:
         local = backend.store.local_dir(args.collection)
         settings = AppSettings(

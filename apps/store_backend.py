@@ -17,7 +17,8 @@ from omnisdk.items import Item
 class StoreBackend:
     """`SearchBackend` over `omnisdk.search.Searcher` and `Indexer` for one collection."""
 
-    def __init__(self, store: Any, collection: str, model: Any, *, model_dir: str | Path | None = None):
+    def __init__(self, store: Any, collection: str, model: Any, *, model_dir: str | Path | None = None,
+                 calibrate: bool = True):
         from omnisdk.search import Indexer, Searcher
 
         self.store = store
@@ -27,12 +28,13 @@ class StoreBackend:
         if not store.collection_exists(collection):
             # A new collection: the Indexer creates it and records the model (and refuses nothing yet).
             Indexer(model, store, collection, model_dir=model_dir, progress=False)
-        self.searcher = Searcher(store, collection, model)
+        self.searcher = Searcher(store, collection, model, calibrate=calibrate)
         self._roots = _source_dirs(store, collection)
 
     @classmethod
     def open(
-        cls, collection: str, store: str | Path | None = None, model_dir: str | Path | None = None, *, precision: str = "fp32",
+        cls, collection: str, store: str | Path | None = None, model_dir: str | Path | None = None, *,
+        precision: str = "fp32", calibrate: bool = True,
     ) -> StoreBackend:
         """Open the store and the collection's model (the recorded one unless `model_dir` is given) at `precision`."""
         from omnisdk.checkpoint import read_manifest
@@ -54,7 +56,7 @@ class StoreBackend:
                     f"(omnisdk index PATH --collection {collection} --model DIR), or pass --model DIR to start it empty"
                 )
             model = OmniModel.load(model_dir, precision=precision)
-            return cls(handle, collection, model, model_dir=model_dir)
+            return cls(handle, collection, model, model_dir=model_dir, calibrate=calibrate)
         except BaseException:
             handle.close()
             raise

@@ -13,7 +13,13 @@ means more upserts per second, or a slower query). numpy's "upsert" only stacks 
 
 "Qdrant Edge" queries walk the HNSW graph Edge builds in `optimize` (default settings); "Qdrant
 Edge exact" asks the same store for exact search (SearchParams(exact=True)), what omnisdk's
-Searcher does by default up to 100k points.
+Searcher does by default up to 100k points. "searcher" times omnisdk's `Searcher.search_vector` on
+one Edge store (exact, as it searches up to 100k points), without and with the per-modality
+calibration (issue 16), the two interleaved query by query so machine noise hits both alike:
+unfiltered, the calibrated search runs one filtered query per modality and merges them; with a
+one-modality filter both run the same single query. The time to compute the calibration
+statistics (`refresh_calibration`, what the indexer adds to a run that changed the collection) is
+the "optimize s" column of the calibrated row.
 
 qdrant-client's local mode (on disk, `local:PATH`) is brute force in Python and warns above 20k
 points: its upserts run at a few hundred points a second and a filtered query scans every payload
@@ -38,7 +44,9 @@ import numpy as np
 DIM = 384
 MODALITIES = ("text", "image", "document", "audio")
 K = 10
-BACKENDS = {"edge": "Qdrant Edge", "edge-exact": "Qdrant Edge exact", "client": "qdrant-client local", "numpy": "numpy exact"}
+BACKENDS = {"edge": "Qdrant Edge", "edge-exact": "Qdrant Edge exact", "client": "qdrant-client local", "numpy": "numpy exact",
+            "searcher": "Searcher (Edge exact)"}
+CALIBRATED = "Searcher calibrated (Edge exact)"
 
 
 def dataset(n: int, queries: int, seed: int = 0):
@@ -86,7 +94,8 @@ def timed_queries(search, queries, filters):
     return out
 
 
-def bench_store(kind: str, vectors, queries, modality, ids, filters, n_queries: int | None = None, exact: bool = False):
+def bench_store(kind: str, vectors, queries, modality, ids, filters, n_queries: int | None = None, exact: bool = False,
+                searcher: bool = False):
     from omnisdk.store import CollectionMeta, StoredPoint, open_store
 
     tmp = tempfile.mkdtemp(prefix="omnisdk-bench-")
@@ -105,6 +114,8 @@ def bench_store(kind: str, vectors, queries, modality, ids, filters, n_queries: 
             store.optimize("bench")
             optimize_s = time.perf_counter() - t0
         assert store.count("bench") == len(ids)
+        if searcher:
+            return (upsert_s, *_bench_searcher(store, queries[: n_queries or len(queries)], filters, row_of))
 
         def search(q, m):
             return [row_of[h.id] for h in store.query("bench", q, K, [m] if m else None, exact=exact)]
@@ -114,6 +125,35 @@ def bench_store(kind: str, vectors, queries, modality, ids, filters, n_queries: 
     finally:
         store.close()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _bench_searcher(store, queries, filters, row_of):
+    """(refresh seconds, {"raw": results, "calibrated": results}), raw and calibrated queries interleaved."""
+    from types import SimpleNamespace
+
+    from omnisdk.search import Searcher
+    from omnisdk.search.calibration import refresh_calibration
+
+    t0 = time.perf_counter()
+    refresh_calibration(store, "bench")
+    refresh_s = time.perf_counter() - t0
+    # search_vector needs no encoder: a stand-in with the collection's fingerprint and no plugins
+    model = SimpleNamespace(fingerprint="0" * 64, plugins={})
+    searchers = {"raw": Searcher(store, "bench", model, calibrate=False), "calibrated": Searcher(store, "bench", model)}
+    out = {name: {} for name in searchers}
+    for label, flt in (("plain", [None] * len(queries)), ("filtered", filters)):
+        for searcher in searchers.values():
+            searcher.search_vector(queries[0], limit=K, modalities=flt[0])  # warm-up
+        runs = {name: ([], []) for name in searchers}
+        for q, f in zip(queries, flt):
+            for name, searcher in searchers.items():
+                t0 = time.perf_counter()
+                hits = searcher.search_vector(q, limit=K, modalities=[f] if f else None)
+                runs[name][0].append((time.perf_counter() - t0) * 1000)
+                runs[name][1].append([row_of[h.id] for h in hits])
+        for name in searchers:
+            out[name][label] = runs[name]
+    return refresh_s, out
 
 
 def bench_numpy(vectors, queries, modality, ids, filters):
@@ -139,19 +179,22 @@ def run(sizes: list[int], n_queries: int, backends: list[str], client_queries: i
         truth_plain, truth_filtered = exact_top_k(vectors, queries, modality, filters)
         for kind in backends:
             fn = bench_numpy if kind == "numpy" else (
-                lambda *a, kind=kind: bench_store(kind.removesuffix("-exact"), *a, exact=kind.endswith("-exact"),
-                                                  n_queries=client_queries if kind == "client" else None))
+                lambda *a, kind=kind: bench_store(
+                    "edge" if kind == "searcher" else kind.removesuffix("-exact"), *a, exact=kind.endswith("-exact"),
+                    n_queries=client_queries if kind == "client" else None, searcher=kind == "searcher"))
             upsert_s, optimize_s, results = fn(vectors, queries, modality, ids, filters)
-            row = {"size": n, "backend": BACKENDS[kind],
-                   "upsert_per_s": n / upsert_s, "optimize_s": optimize_s}
-            for label, truth in (("plain", truth_plain), ("filtered", truth_filtered)):
-                lat, found = results[label]
-                row["queries"] = len(lat)
-                row[f"{label}_p50_ms"] = statistics.median(lat)
-                row[f"{label}_p99_ms"] = float(np.percentile(lat, 99))
-                row[f"{label}_recall"] = recall(found, truth[: len(found)])
-            rows.append(row)
-            print(f"done: {n} {row['backend']}", flush=True)
+            named = ({BACKENDS[kind]: (results["raw"], 0.0), CALIBRATED: (results["calibrated"], optimize_s)}
+                     if kind == "searcher" else {BACKENDS[kind]: (results, optimize_s)})
+            for backend, (measured, seconds) in named.items():
+                row = {"size": n, "backend": backend, "upsert_per_s": n / upsert_s, "optimize_s": seconds}
+                for label, truth in (("plain", truth_plain), ("filtered", truth_filtered)):
+                    lat, found = measured[label]
+                    row["queries"] = len(lat)
+                    row[f"{label}_p50_ms"] = statistics.median(lat)
+                    row[f"{label}_p99_ms"] = float(np.percentile(lat, 99))
+                    row[f"{label}_recall"] = recall(found, truth[: len(found)])
+                rows.append(row)
+                print(f"done: {n} {row['backend']}", flush=True)
     return rows
 
 

@@ -87,7 +87,7 @@ def test_pipeline_runs_every_stage_resumes_after_a_kill_and_skips_finished_stage
     audio = json.loads((out / "specialists" / "audio" / "omnisdk.json").read_text())
     assert audio["lineage"]["stage"] == "specialist"
     for stage, report in summary["stages"].items():
-        assert len(report["tasks"]) == 10, stage
+        assert len(report["tasks"]) == 12, stage  # ten single-modality tasks, t2x and a2x
         for task in report["tasks"]:
             assert all(0.0 <= v <= 1.0 for v in task["metrics"].values() if v is not None), (stage, task["task"])
     fused = json.loads((out / "fused" / "omnisdk.json").read_text())["lineage"]

@@ -64,7 +64,8 @@ def test_search_text_prints_ranked_hits(setup, indexed, capsys):
     assert code == 0
     table, _, passages = out.strip().partition("\n\n")
     lines = table.splitlines()
-    assert lines[0] == "| rank | score | modality | source | locator |" and len(lines) == 2 + 4
+    # several modalities: ranked by the calibrated score (issue 16), the cosine beside it
+    assert lines[0] == "| rank | calibrated | cosine | modality | source | locator |" and len(lines) == 2 + 4
     assert lines[2].startswith("| 1 | ")
     # The text hit shows its lines in the table and its passage below it.
     text_row = next(line for line in lines if "| text |" in line)

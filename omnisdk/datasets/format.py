@@ -27,6 +27,8 @@ CORPUS = "corpus.jsonl"
 QUERIES = "queries.jsonl"
 TRAIN = "train.jsonl"
 QRELS_DIR = "qrels"
+#: A task's corpus modality that means "the whole corpus, every modality" (OmniWorld's t2x, a2x).
+MIXED = "mixed"
 
 
 class DatasetError(OmniError):
@@ -115,11 +117,14 @@ class Dataset:
         return [q for q in self.queries.values() if q.task == task and q.id in judged]
 
     def candidates(self, task: str) -> list[Record]:
-        """The corpus items a task's queries rank: those listing the task, else all of its corpus modality."""
+        """The corpus items a task's queries rank: those listing the task, else all of its corpus modality
+        (every item, when that is MIXED)."""
         spec = self.tasks[task]
         listed = [r for r in self.corpus.values() if task in r.tasks]
         if listed:
             return listed
+        if spec.corpus_modality == MIXED:
+            return list(self.corpus.values())
         return [r for r in self.corpus.values() if not r.tasks and r.modality == spec.corpus_modality]
 
     def train_examples(self) -> Iterator[TrainExample]:

@@ -31,6 +31,9 @@ def register_eval_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--label", help="name of the model in the report (default: the checkpoint directory's name)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
+    p.add_argument("--calibrate", choices=("zscore", "center"),
+                   help="score mixed-modality pools (t2x, a2x) with the query-time modality correction that "
+                   "`omnisdk search` applies, fitted on the pool (default: raw cosine)")
     p.add_argument("--out", type=Path, help="write the report as JSON")
     p.add_argument("--markdown", type=Path, help="also write the Markdown table to this file")
     p.add_argument("--plot", type=Path, help="write a bar chart of hit@1 and nDCG@10 per task (PNG, SVG or PDF)")
@@ -61,7 +64,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     tasks = select_tasks(dataset, args.split, args.tasks)  # fail on a bad task before loading a model
     encoder, label = _encoder(args, dataset)
     report = evaluate(encoder, dataset, split=args.split, tasks=tasks, batch_size=args.batch_size,
-                      show_progress=not args.no_progress, label=label)
+                      show_progress=not args.no_progress, label=label, calibrate=args.calibrate)
     text = report.to_json(args.out) if args.out else report.to_json()
     markdown = report.to_markdown()
     print(text if args.json else markdown, end="" if args.json else "\n")

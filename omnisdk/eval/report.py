@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 from pydantic import BaseModel, Field
 
+from omnisdk.datasets.format import MIXED
 from omnisdk.errors import OmniError
 from omnisdk.eval.metrics import METRICS
 
@@ -35,6 +36,9 @@ class TaskResult(BaseModel):
     chance: float
     encode_s: float = 0.0  # queries, plus the corpus items this task was the first to need
     search_s: float = 0.0
+    #: a pool of several modalities: each modality's share of the top 10, and of the relevant items.
+    top10_share: dict[str, float] = Field(default_factory=dict)
+    relevant_share: dict[str, float] = Field(default_factory=dict)
 
 
 class Failure(BaseModel):
@@ -113,7 +117,21 @@ class EvalReport(BaseModel):
             table.append([label, *where, *(_fmt(values.get(m)) for m in AVERAGED)])
         title = (f"**{self.model}** on {self.dataset} ({self.split} split, dataset {self.dataset_hash[:12]}), "
                  f"omnisdk {self.omnisdk_version}, {self.timings.get('total_s', 0):.1f} s")
-        return "\n".join([title, "", markdown_table(header, table), *self._notes()])
+        return "\n".join([title, "", markdown_table(header, table), *self._share_table(), *self._notes()])
+
+    def _share_table(self) -> list[str]:
+        """For mixed pools: each modality's share of the top 10 against its share of the relevant items."""
+        from omnisdk.tables import markdown_table
+
+        mixed = [t for t in self.tasks if t.relevant_share or t.top10_share]
+        if not mixed:
+            return []
+        rows = [[t.task, m, _pct(t.top10_share.get(m, 0.0)), _pct(t.relevant_share.get(m, 0.0)),
+                 f"{100 * (t.top10_share.get(m, 0.0) - t.relevant_share.get(m, 0.0)):+.0f}"]
+                for t in mixed for m in sorted({*t.top10_share, *t.relevant_share})]
+        how = f", calibrated: {self.settings['calibrate']}" if self.settings.get("calibrate") else ""
+        return ["", f"modality share of the top 10 vs the relevant items (mixed pools{how})", "",
+                markdown_table(["task", "modality", "top 10", "relevant", "gap (points)"], rows)]
 
     def _notes(self) -> list[str]:
         notes = []
@@ -151,7 +169,10 @@ def summarise(tasks: Sequence[TaskResult]) -> tuple[dict[str, dict[str, float]],
     for task in tasks:
         by_modality[task.modality].append(task)
     modalities = {m: _mean_of(group) for m, group in sorted(by_modality.items())}
-    return modalities, _mean_of(tasks)
+    # Mixed-pool tasks have their own mean row; kept out of the macro, so it stays comparable with
+    # reports made before those tasks existed (unless they are all there is).
+    single = [t for t in tasks if t.modality != MIXED] or list(tasks)
+    return modalities, _mean_of(single)
 
 
 def _mean_of(tasks: Sequence[TaskResult]) -> dict[str, float]:
@@ -253,6 +274,10 @@ def _save(fig: Any, path: str | Path, plt: Any) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.0f}%"
 
 
 def _fmt(value: float | None) -> str:

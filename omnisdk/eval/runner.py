@@ -18,6 +18,7 @@ import torch
 from omnisdk import __version__
 from omnisdk.datasets.format import Dataset, Record
 from omnisdk.errors import OmniError
+from omnisdk.eval.mixed import calibrated_metrics, modality_shares, raw_top
 from omnisdk.eval.metrics import METRICS, Judgements, chance_hit_at_1, mean_metrics, metrics_from_positions, relevant_positions
 from omnisdk.eval.report import EvalReport, Failure, TaskResult
 from omnisdk.eval.search import DEFAULT_CORPUS_CHUNK, DEFAULT_QUERY_CHUNK, TIE_TOLERANCE, count_ahead
@@ -52,13 +53,24 @@ def evaluate(
     tie_tolerance: float = TIE_TOLERANCE,
     label: str | None = None,
     device: str | torch.device | None = None,
+    calibrate: str | None = None,
 ) -> EvalReport:
     """Score `encoder` on every task (or `tasks`) of `dataset` on `split`; see the module docstring.
+
+    A task whose pool holds several modalities also reports the modality share of its top 10 and of
+    its relevant items; `calibrate` ("zscore", "center": omnisdk.search.calibration) scores those
+    tasks with the query-time modality correction, fitted on the pool's vectors. One-modality pools
+    are unaffected (the correction keeps any one modality's order).
 
     `chunk_size` and `query_chunk` bound the score blocks of the exact search (memory, not results).
     `label` names the model in the report (default: the encoder's `name`, else its class name).
     """
     started = time.perf_counter()
+    if calibrate is not None:
+        from omnisdk.search.calibration import METHODS
+
+        if calibrate not in METHODS:
+            raise OmniError(f"unknown calibration '{calibrate}'; choose one of: {', '.join(METHODS)}")
     names = select_tasks(dataset, split, tasks)
     cache = _VectorCache(encoder, dataset, batch_size)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -66,7 +78,8 @@ def evaluate(
     with _progress(len(names), show_progress) as bar:
         for name in names:
             bar.set_postfix_str(name)
-            results.append(_evaluate_task(cache, dataset, name, split, show_progress, chunk_size, query_chunk, tie_tolerance, device))
+            results.append(_evaluate_task(cache, dataset, name, split, show_progress, chunk_size, query_chunk, tie_tolerance,
+                                          device, calibrate))
             bar.update(1)
     report = EvalReport(
         omnisdk_version=__version__,
@@ -83,7 +96,8 @@ def evaluate(
         },
         failures=cache.failure_list(),
         settings={"batch_size": batch_size, "tie_tolerance": tie_tolerance, "device": str(device),
-                  "precision": getattr(encoder, "precision", "fp32")},
+                  "precision": getattr(encoder, "precision", "fp32"),
+                  **({"calibrate": calibrate} if calibrate else {})},
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     return report
@@ -109,7 +123,8 @@ def select_tasks(dataset: Dataset, split: str, tasks: Sequence[str] | str | None
 
 
 def _evaluate_task(cache: _VectorCache, dataset: Dataset, task: str, split: str, show_progress: bool | None,
-                   chunk_size: int, query_chunk: int, tie_tolerance: float, device: Any) -> TaskResult:
+                   chunk_size: int, query_chunk: int, tie_tolerance: float, device: Any,
+                   calibrate: str | None = None) -> TaskResult:
     spec = dataset.tasks[task]
     started = time.perf_counter()
     pool = dataset.candidates(task)
@@ -128,7 +143,14 @@ def _evaluate_task(cache: _VectorCache, dataset: Dataset, task: str, split: str,
     query_vectors, query_ok = cache.vectors(queries, "query", inner)
     encoded = time.perf_counter()
     truth = Judgements.from_qrels(qrels)
-    if queries:
+    pool_modalities = [r.modality for r in pool]
+    mixed = len(set(pool_modalities)) > 1
+    shares: tuple[dict[str, float], dict[str, float]] = ({}, {})
+    if queries and mixed and calibrate:
+        per_query, top = _calibrated(query_vectors, corpus, corpus_ok, pool_modalities, qrels, calibrate, tie_tolerance, device)
+        metrics = mean_metrics({name: np.where(query_ok, values, 0.0) for name, values in per_query.items()})
+        shares = modality_shares(top, pool_modalities, qrels, query_ok)
+    elif queries:
         rel_scores, ahead = count_ahead(
             query_vectors, corpus, truth.relevant, tie_tolerance=tie_tolerance,
             query_chunk=query_chunk, corpus_chunk=chunk_size, device=device,
@@ -136,6 +158,8 @@ def _evaluate_task(cache: _VectorCache, dataset: Dataset, task: str, split: str,
         per_query = metrics_from_positions(relevant_positions(rel_scores, ahead, truth.grades), truth.grades)
         # Search already ranks a failed query's relevant items last; zeroing makes "a miss" exact.
         metrics = mean_metrics({name: np.where(query_ok, values, 0.0) for name, values in per_query.items()})
+        if mixed:
+            shares = modality_shares(raw_top(query_vectors, corpus, device), pool_modalities, qrels, query_ok)
     else:
         metrics = mean_metrics({name: np.zeros(0) for name in METRICS})
     return TaskResult(
@@ -145,7 +169,16 @@ def _evaluate_task(cache: _VectorCache, dataset: Dataset, task: str, split: str,
         failed_queries=int((~query_ok).sum()), failed_candidates=int((~corpus_ok).sum()),
         metrics=metrics, chance=chance_hit_at_1(truth.n_relevant, len(pool)),
         encode_s=round(encoded - started, 3), search_s=round(time.perf_counter() - encoded, 3),
+        top10_share=shares[0], relevant_share=shares[1],
     )
+
+
+def _calibrated(query_vectors, corpus, corpus_ok, pool_modalities, qrels, method: str, tie_tolerance: float, device):
+    from omnisdk.search.calibration import fit_calibration
+
+    calibration = fit_calibration(corpus[corpus_ok], [m for m, ok in zip(pool_modalities, corpus_ok) if ok], method=method)
+    return calibrated_metrics(query_vectors, corpus, pool_modalities, qrels, calibration,
+                              tie_tolerance=tie_tolerance, device=device)
 
 
 class _VectorCache:

@@ -58,6 +58,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--modality", action="append", metavar="M", help="only results of this modality (repeat, or comma-separate)")
     p.add_argument("--exact", action=argparse.BooleanOptionalAction, default=None,
                    help="score every point (--exact) or use the HNSW graph (--no-exact); default: exact up to 100k points")
+    p.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=True,
+                   help="rank results of several modalities by the collection's per-modality score calibration, which "
+                   "corrects the modality gap (default); --no-calibrate ranks by raw cosine similarity")
     p.add_argument("--json", action="store_true", help="print JSON")
     add_precision_argument(p)
     p.set_defaults(func=cmd_search)
@@ -114,13 +117,18 @@ def cmd_search(args: argparse.Namespace) -> int:
         query = Item.of_text(args.text)
     modalities = [m.strip() for raw in args.modality or [] for m in raw.split(",") if m.strip()] or None
     with open_store(args.store) as store:
-        searcher = Searcher(store, args.collection, model_dir=args.model, exact=args.exact, precision=args.precision)
+        searcher = Searcher(store, args.collection, model_dir=args.model, exact=args.exact, precision=args.precision,
+                            calibrate=args.calibrate)
         hits = searcher.search(query, limit=args.limit, modalities=modalities)
     if args.json:
         print(json.dumps({"collection": args.collection, "query": query.label(), "hits": [h.as_dict() for h in hits]}, indent=2))
         return 0
     if not hits:
         print(f"no results in collection '{args.collection}'" + (f" for modalities {', '.join(modalities)}" if modalities else ""))
+        return 0
+    if any(h.calibrated is not None for h in hits):  # ranked by the calibrated score: show it beside the cosine
+        print(markdown_table(["rank", "calibrated", "cosine", "modality", "source", "locator"],
+                             [[h.rank, f"{h.calibrated:.3f}", f"{h.score:.4f}", h.modality, h.source, h.where] for h in hits]))
         return 0
     print(markdown_table(["rank", "score", "modality", "source", "locator"],
                          [[h.rank, f"{h.score:.4f}", h.modality, h.source, h.where] for h in hits]))

@@ -44,6 +44,7 @@ import numpy as np
 from omnisdk.errors import ModalityDetectionError, OmniError
 from omnisdk.items import Item, Locator
 from omnisdk.search.rules import WalkRules
+from omnisdk.search.calibration import refresh_calibration
 from omnisdk.search.walk import file_sha256, point_id, under, walk
 from omnisdk.store.base import Store, StoredPoint, ensure_collection, now_iso
 from omnisdk.tables import markdown_table
@@ -239,6 +240,10 @@ class Indexer:
             with self._timer.phase("upsert"):
                 self.store.flush(self.collection)
                 self.store.optimize(self.collection)
+        if report.points_written or report.points_deleted or getattr(self.meta, "calibration", None) is None:
+            # The modality correction's statistics follow the collection (omnisdk.search.calibration).
+            refresh_calibration(self.store, self.collection)
+            self.meta = self.store.get_meta(self.collection)
         report.points_total = self.store.count(self.collection)
         report.seconds = time.perf_counter() - start
         report.timings = self._timer.split(report.seconds, PHASES, "bookkeeping")

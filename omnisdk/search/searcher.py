@@ -22,6 +22,16 @@ and through Qdrant's HNSW graph above; True or False forces one way. Measured on
 unit vectors (bench/search.py): HNSW with default settings found 60% of the true top 10 in 0.4 ms,
 exact search all of it in 0.7 ms. Real embeddings are kinder to HNSW than random vectors, but at
 these sizes exactness costs little.
+
+`calibrate` (default True): results of several modalities are ranked by the query-time modality
+correction (omnisdk.search.calibration), from the statistics the indexer stored with the collection:
+one query per modality, each modality's scores standardised by that modality's own score
+distribution for this query, then merged; exact, because the correction keeps each modality's order.
+The merge first uses one wider raw query, and asks a modality for its own top only when that
+query cannot rule out its unseen items.
+`SearchHit.score` stays the cosine similarity; `SearchHit.calibrated` is the score the hits are
+ranked by (None when uncalibrated). One modality (or `calibrate=False`, or a collection without
+statistics) is the plain nearest-neighbour search.
 """
 from __future__ import annotations
 
@@ -33,10 +43,13 @@ import numpy as np
 
 from omnisdk.errors import OmniError
 from omnisdk.items import Item, Locator, as_item
+from omnisdk.search.calibration import Calibration, calibrated_top, stored_calibration
 from omnisdk.store.base import Store, StoreError, check_fingerprint, modality_list
 
 #: Up to this many points, search scores every point (see the module docstring).
 EXACT_SEARCH_UP_TO = 100_000
+#: A calibrated search first asks for this many x limit x modalities raw hits (see calibrated_top).
+CALIBRATION_POOL = 2
 
 
 @dataclass
@@ -52,6 +65,8 @@ class SearchHit:
     #: the locator in words ("page 2", "10.00-20.00s"), empty for a whole file.
     where: str = ""
     payload: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: the modality-calibrated score the results are ranked by; None when search was not calibrated.
+    calibrated: float | None = None
 
     @property
     def text(self) -> str | None:
@@ -65,6 +80,8 @@ class SearchHit:
         }
         if self.text is not None:
             out["text"] = self.text
+        if self.calibrated is not None:
+            out["calibrated"] = round(self.calibrated, 6)
         return out
 
 
@@ -73,11 +90,12 @@ class Searcher:
 
     def __init__(
         self, store: Store, collection: str, model: Any = None, *, model_dir: str | Path | None = None,
-        device: Any = None, exact: bool | None = None, precision: str = "fp32",
+        device: Any = None, exact: bool | None = None, precision: str = "fp32", calibrate: bool = True,
     ):
         self.store = store
         self.collection = collection
         self.exact = exact
+        self.calibrate = calibrate
         self.meta = store.get_meta(collection)
         if model is None:
             model = self._load_model(model_dir, device, precision)
@@ -120,22 +138,52 @@ class Searcher:
     def search_vector(self, vector: Any, *, limit: int = 10, modalities: str | Sequence[str] | None = None) -> list[SearchHit]:
         if limit < 1:
             raise OmniError(f"limit must be at least 1, not {limit}")
+        vector = np.asarray(vector, dtype=np.float32)
+        wanted = modality_list(modalities)
+        calibration = self.calibration()
         try:
-            exact = self.exact if self.exact is not None else self.store.count(self.collection) <= EXACT_SEARCH_UP_TO
-            hits = self.store.query(self.collection, np.asarray(vector, dtype=np.float32), limit, modality_list(modalities), exact=exact)
+            points = self.store.count(self.collection)
+            exact = self.exact if self.exact is not None else points <= EXACT_SEARCH_UP_TO
+            if calibration is not None and points != calibration.points:
+                calibration = None  # written to outside the indexer since: raw scores, rather than stale statistics
+            if calibration is not None and wanted is not None:
+                # The statistics cover every modality the collection holds: any other has no points.
+                wanted = [m for m in wanted if m in calibration.modalities] or wanted[:1]
+            if calibration is None or (wanted is not None and len(wanted) == 1):
+                return [self._hit(rank, hit) for rank, hit in enumerate(self.store.query(self.collection, vector, limit, wanted, exact=exact), start=1)]
+            # One wider raw query, then each modality's own top only where the wider one cannot rule
+            # it out: exact (see calibration.calibrated_top), and usually a single query.
+            pool = max(CALIBRATION_POOL * limit * len(calibration.modalities), 50)
+            first = [(h.score, h.payload.get("modality", ""), h)
+                     for h in self.store.query(self.collection, vector, pool, wanted, exact=exact)]
+
+            def fetch(modality: str) -> list:
+                return [(h.score, h) for h in self.store.query(self.collection, vector, limit, [modality], exact=exact)]
+
+            merged = calibrated_top(vector, first, pool, calibration, limit, fetch, wanted)
         except StoreError:
             raise
         except Exception as exc:  # a backend error on query: one line naming the collection
             raise StoreError(f"searching collection '{self.collection}' in {self.store.location} failed: {exc}") from exc
-        return [self._hit(rank, hit) for rank, hit in enumerate(hits, start=1)]
+        return [self._hit(rank, hit, calibrated) for rank, (calibrated, _, hit) in enumerate(merged, start=1)]
 
-    def _hit(self, rank: int, hit) -> SearchHit:
+    def calibration(self) -> Calibration | None:
+        """The collection's statistics for the modality correction, or None (switched off, or none recorded)."""
+        if not self.calibrate:
+            return None
+        data = getattr(self.store.get_meta(self.collection), "calibration", None)
+        # Parsed again only when the indexer has recorded new statistics (the app indexes while it runs).
+        if getattr(self, "_calibration_source", None) is not data:
+            self._calibration_source, self._calibration = data, stored_calibration(self.store.get_meta(self.collection))
+        return self._calibration
+
+    def _hit(self, rank: int, hit, calibrated: float | None = None) -> SearchHit:
         payload = hit.payload
         locator = Locator.from_dict(payload.get("locator"))
         modality = payload.get("modality", "")
         plugin = self.model.plugins.get(modality)
         where = plugin.describe_locator(locator) if plugin is not None and locator else (str(locator) if locator else "")
-        return SearchHit(rank, hit.score, modality, payload.get("source", ""), locator, hit.id, where, payload)
+        return SearchHit(rank, hit.score, modality, payload.get("source", ""), locator, hit.id, where, payload, calibrated)
 
     def _check_modalities(self, modalities: str | Sequence[str] | None) -> list[str] | None:
         wanted = modality_list(modalities)

@@ -53,6 +53,9 @@ class CollectionMeta(BaseModel):
     #: the roots indexed into it (absolute paths) -> {"rules": the walk rules used, "indexed_at": ...},
     #: recorded before a run writes anything, so the app knows what it may serve without a scroll.
     roots: dict[str, dict[str, Any]] = {}
+    #: per-modality score statistics for the query-time modality correction (omnisdk.search.calibration),
+    #: refreshed by the indexer; None until a run has written vectors.
+    calibration: dict[str, Any] | None = None
 
     def model_post_init(self, _context: Any) -> None:
         if not self.created_at:

@@ -8,6 +8,7 @@ Tasks (each with its own queries and qrels, on the dev and test splits):
     digit_cls       digits          a handwritten digit finds its label among the ten
     sound_cls       sounds          a sound finds its class label
     a2i             spoken, digits  a spoken digit finds the handwritten images of that digit
+    t2x, a2x        all             a text or a spoken digit ranks the whole corpus, every modality (mixed.py)
 Training pairs come from the train split only; the test split holds attribute combinations never
 seen in training (compositional generalisation).
 """
@@ -25,6 +26,8 @@ import numpy as np
 
 from omnisdk.datasets.format import CORPUS, DATASET_JSON, QRELS_DIR, QUERIES, TRAIN
 from omnisdk.datasets.omniworld.common import DomainSettings, Sample
+from omnisdk.datasets.omniworld.mixed import TASKS as MIXED_TASKS
+from omnisdk.datasets.omniworld.mixed import add_mixed_tasks
 from omnisdk.errors import OmniError
 
 VERSION = "1"
@@ -71,6 +74,7 @@ TASKS: dict[str, dict[str, Any]] = {
                   "description": "sound -> its class label"},
     "a2i": {"query_modality": "audio", "corpus_modality": "image", "modality": "audio",
             "description": "spoken digit -> handwritten images of that digit"},
+    **MIXED_TASKS,
 }
 HARD_NEGATIVES = 3
 
@@ -156,12 +160,14 @@ def build_eval_sets(samples: dict[str, list[Sample]]):
 
     per_sample: dict[str, int] = defaultdict(int)
 
-    def add_query(task: str, sample: Sample, relevant: Iterable[str], **fields: Any) -> None:
+    def add_query(task: str, sample: Sample, relevant: Iterable[str] | dict[str, int], **fields: Any) -> None:
+        """`relevant`: ids (grade 1) or {id: grade}."""
         key = f"{task}-{sample.id}"
         qid = f"{key}-{per_sample[key]}"
         per_sample[key] += 1
         queries.append({"_id": qid, "task": task, **fields})
-        qrels[sample.split].extend((qid, cid, 1) for cid in sorted(set(relevant)))
+        grades = relevant if isinstance(relevant, dict) else dict.fromkeys(relevant, 1)
+        qrels[sample.split].extend((qid, cid, grades[cid]) for cid in sorted(grades))
 
     evaluated = {d: [s for s in ss if s.split in EVAL_SPLITS] for d, ss in samples.items()}
     for domain, (t2x, x2t) in {"scenes": ("t2i", "i2t"), "clips": ("t2v", "v2t"), "sounds": ("t2a", "a2t")}.items():
@@ -178,6 +184,7 @@ def build_eval_sets(samples: dict[str, list[Sample]]):
     for spoken in evaluated.get("spoken", []):
         if digits_by_label.get(spoken.label):
             add_query("a2i", spoken, digits_by_label[spoken.label], modality="audio", path=spoken.path)
+    add_mixed_tasks(evaluated, corpus, add_query)  # last: the single-modality tasks' rows keep their place
     return sorted(corpus.values(), key=lambda r: r["_id"]), queries, dict(qrels)
 
 
