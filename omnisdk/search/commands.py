@@ -129,9 +129,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     if any(h.calibrated is not None for h in hits):  # ranked by the calibrated score: show it beside the cosine
         print(markdown_table(["rank", "calibrated", "cosine", "modality", "source", "locator"],
                              [[h.rank, f"{h.calibrated:.3f}", f"{h.score:.4f}", h.modality, h.source, h.where] for h in hits]))
-        return 0
-    print(markdown_table(["rank", "score", "modality", "source", "locator"],
-                         [[h.rank, f"{h.score:.4f}", h.modality, h.source, h.where] for h in hits]))
+    else:
+        print(markdown_table(["rank", "score", "modality", "source", "locator"],
+                             [[h.rank, f"{h.score:.4f}", h.modality, h.source, h.where] for h in hits]))
     for h in hits:  # text chunks: the matching passage under the table, by rank
         if h.text:
             print(f"\n{h.rank}. {Path(h.source).name}, {h.where}:\n" + _passage(h.text))
