@@ -50,9 +50,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="omnisdk-train-step-") as tmp:
         tmp = Path(tmp)
         data = args.data or _make_data(tmp / "data")
-        base = tmp / "base"
-        _run_worker("build-base", args, data, tmp, ROOT)
         old_tree = _old_tree(args.baseline, tmp / "old")
+        # Each side builds the same preset with its own code (checkpoint formats differ between commits).
+        _run_worker("build-base:new", args, data, tmp, ROOT)
+        _run_worker("build-base:old", args, data, tmp, old_tree)
         rows = []
         for case in args.cases.split(","):
             row = {"case": case}
@@ -61,7 +62,6 @@ def main() -> None:
             rows.append(row)
             print(f"{case}: {row}", file=sys.stderr)
         _report(rows, args)
-        del base
 
 
 def _make_data(root: Path) -> Path:
@@ -99,12 +99,12 @@ def _measure(args) -> dict:
     import omnisdk
 
     kind, _, case = args.worker.partition(":")
-    base = args.workdir / "base"
     if kind == "build-base":
         from omnisdk.presets import build_base
 
-        build_base("small").save(base)
+        build_base("small").save(args.workdir / f"base-{case}")
         return {"omnisdk": omnisdk.__file__}
+    base = args.workdir / f"base-{kind}"
     from omnisdk.datasets.format import load_dataset
     from omnisdk.model import OmniModel
     from omnisdk.trainers.config import TrainConfig

@@ -16,6 +16,11 @@ def test_demo_trains_indexes_and_answers_every_example(tmp_path, capsys):
         assert f"[{task}]" in out, task
     assert out.count(" 1. ") >= len(EXAMPLES)  # a top-3 under every example
     assert "| rehearsed |" in out and "| joint |" in out  # the stage table
+    # The served model's own test-split hit@1, one row per task.
+    assert "hit@1 of the served model (rehearsed) on the test split" in out
+    served = out.split("hit@1 of the served model")[1]
+    for task in ("t2i", "t2v", "t2d", "t2a", "a2t", "a2i"):
+        assert f"| {task} |" in served, task
     assert f"--collection {COLLECTION}" in out
 
     # A second run reuses everything: nothing is trained or embedded again.
