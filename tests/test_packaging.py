@@ -32,6 +32,19 @@ def test_wheel_installs_no_generic_top_level_names(wheel):
     assert not any(n.startswith(("tests/", "bench/", "examples/")) for n in names)
 
 
+def test_wheel_holds_every_source_module(wheel):
+    """A subpackage left out of pyproject's package list would import in an editable install only."""
+    names = set(zipfile.ZipFile(wheel).namelist())
+    roots = {"omnisdk": "omnisdk", "plugins": "omnisdk/plugins", "trainers": "omnisdk/trainers", "apps": "omnisdk/apps"}
+    missing = []
+    for source, installed in roots.items():
+        for module in (ROOT / source).rglob("*.py"):
+            relative = module.relative_to(ROOT / source).as_posix()
+            if f"{installed}/{relative}" not in names:
+                missing.append(f"{source}/{relative}")
+    assert not missing, missing
+
+
 def test_wheel_declares_builtin_plugins_and_extras(wheel):
     archive = zipfile.ZipFile(wheel)
     info = next(n for n in archive.namelist() if n.endswith(".dist-info/entry_points.txt"))
