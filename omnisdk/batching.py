@@ -41,11 +41,8 @@ def _flat(batch: dict[str, Any], prefix: str = ""):
             yield f"{prefix}{field}", value
 
 
-def collate_rows(rows: Sequence[Row], pad_values: dict[str, float] | None = None) -> dict[str, Any]:
-    """Stack rows back into a batch; tensors of unequal shapes are padded at the end of every dim.
-
-    Padding is 0 unless `pad_values` names another value for a field (a tokenizer's pad id).
-    """
+def collate_rows(rows: Sequence[Row]) -> dict[str, Any]:
+    """Stack rows back into a batch; tensors of unequal shapes are zero-padded at the end of every dim."""
     if not rows:
         raise ValueError("cannot collate an empty list of rows")
     batch: dict[str, Any] = {}
@@ -56,20 +53,20 @@ def collate_rows(rows: Sequence[Row], pad_values: dict[str, float] | None = None
         for part in outer:
             target = target.setdefault(part, {})
         if isinstance(values[0], torch.Tensor):
-            target[name] = _pad_stack(values, (pad_values or {}).get(field, 0))
+            target[name] = _pad_stack(values)
         else:
             target[name] = list(values)
     return batch
 
 
-def _pad_stack(tensors: Sequence[torch.Tensor], pad_value: float) -> torch.Tensor:
+def _pad_stack(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     shape = tensors[0].shape
     if all(t.shape == shape for t in tensors):
         return torch.stack(list(tensors))
     if any(t.dim() != len(shape) for t in tensors):
         raise ValueError(f"rows of one field have different ranks: {sorted({t.dim() for t in tensors})}")
     widest = [max(t.size(d) for t in tensors) for d in range(len(shape))]
-    out = torch.full((len(tensors), *widest), pad_value, dtype=tensors[0].dtype)
+    out = torch.zeros((len(tensors), *widest), dtype=tensors[0].dtype)
     for i, t in enumerate(tensors):
         out[(i, *[slice(0, s) for s in t.shape])] = t
     return out

@@ -15,6 +15,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from omnisdk.prepared.flags import add_cache_flags, cache_from
+
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="train a specialist or the joint multi-task baseline")
@@ -78,18 +80,6 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ega-factor", type=float, metavar="F", help="EGA amplification factor (implies --ega; default 2.0)")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
     add_cache_flags(p)
-
-
-def add_cache_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cache-dir", type=Path, help="prepared-input cache (default: $OMNISDK_CACHE_DIR or the user cache dir)")
-    p.add_argument("--no-cache", action="store_true", help="decode inputs at every step instead of once")
-
-
-def cache_from(args: argparse.Namespace):
-    """What the stage functions take as `cache`: None, a directory, or "default"."""
-    if getattr(args, "no_cache", False):
-        return None
-    return getattr(args, "cache_dir", None) or "default"
 
 
 def overrides_from(args: argparse.Namespace) -> dict[str, Any]:

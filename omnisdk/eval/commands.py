@@ -39,7 +39,7 @@ def register_eval_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plot", type=Path, help="write a bar chart of hit@1 and nDCG@10 per task (PNG, SVG or PDF)")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
     p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
-    from omnisdk.trainers.commands import add_cache_flags
+    from omnisdk.prepared.flags import add_cache_flags
 
     add_cache_flags(p)
     add_precision_argument(p)
@@ -90,7 +90,7 @@ def _encoder(args: argparse.Namespace, dataset):
         return make_baseline(args.baseline, dataset, split=args.split, seed=args.seed), args.label or args.baseline
     from omnisdk.model import OmniModel
 
-    from omnisdk.trainers.commands import cache_from
+    from omnisdk.prepared.flags import cache_from
 
     model = OmniModel.load(args.model, precision=args.precision).use_cache(cache_from(args))
     return model, args.label or args.model.resolve().name

@@ -122,9 +122,9 @@ class Pipeline:
         return directory
 
     def _align(self, base: Path, dataset: Dataset) -> Path | None:
-        settings = {**self._settings({}), **self.config.align}
         if not self.config.align or int(self.config.align.get("steps", 0)) == 0:
             return None
+        settings = {**self._settings({}), **self.config.align}
         from omnisdk.trainers.stages import align
 
         directory = self.out / "aligned"

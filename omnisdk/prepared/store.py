@@ -42,7 +42,8 @@ class ShardStore:
         self.root = Path(root)
         self.flush_bytes = flush_bytes
         self._index: dict[str, dict[str, Path]] = {}  # namespace -> key -> shard
-        self._open: dict[Path, Any] = {}  # verified shards' safetensors handles
+        # verified shards: their safetensors handle and each key's tensor names, grouped once
+        self._open: dict[Path, tuple[Any, dict[str, list[str]]]] = {}
         self._pending: dict[str, dict[str, Row]] = {}
         self._pending_bytes = 0
         self.rebuilt: list[str] = []  # shards that failed their check and were removed
@@ -60,9 +61,10 @@ class ShardStore:
             shard = index.get(key)
             if shard is None:
                 continue
-            handle = self._verified(namespace, shard)
-            if handle is not None:
-                found[key] = _read_row(handle, key)
+            opened = self._verified(namespace, shard)
+            if opened is not None:
+                handle, names = opened
+                found[key] = _read_row(handle, key, names.get(key, []))
         return found
 
     def _namespace_index(self, namespace: str) -> dict[str, Path]:
@@ -83,7 +85,11 @@ class ShardStore:
         problem = _check(shard)
         if problem is None:
             try:
-                self._open[shard] = safe_open(str(shard), framework="pt")
+                handle = safe_open(str(shard), framework="pt")
+                names: dict[str, list[str]] = {}
+                for name in handle.keys():
+                    names.setdefault(name.split("/", 1)[0], []).append(name)
+                self._open[shard] = (handle, names)
                 return self._open[shard]
             except Exception as exc:  # a header that hashes right but does not parse: not ours
                 problem = f"unreadable ({exc})"
@@ -151,10 +157,10 @@ def _unreadable_key(shard: Path) -> str:
     return f"unreadable:{shard.name}"
 
 
-def _read_row(handle, key: str) -> Row:
+def _read_row(handle, key: str, names: list[str]) -> Row:
     row: Row = {}
     prefix = key + "/"
-    for name in _names_of(handle, prefix):
+    for name in names:
         field = name[len(prefix):]
         tensor = handle.get_tensor(name)
         if field.endswith(_STR):
@@ -164,20 +170,6 @@ def _read_row(handle, key: str) -> Row:
         else:
             row[field] = tensor
     return row
-
-
-def _names_of(handle, prefix: str) -> list[str]:
-    # safetensors hands out the key list per call; group it once per handle.
-    groups = getattr(handle, "_omnisdk_groups", None)
-    if groups is None:
-        groups = {}
-        for name in handle.keys():
-            groups.setdefault(name.split("/", 1)[0] + "/", []).append(name)
-        try:
-            handle._omnisdk_groups = groups
-        except AttributeError:  # a handle type without a __dict__: regroup on each call
-            pass
-    return groups.get(prefix, [])
 
 
 def check_storable(row: Row) -> None:

@@ -52,7 +52,7 @@ def warm_cache(model: OmniModel, items: Iterable[tuple[Item, Role | None]], *, w
                     model.prepare(modality, chunk, role, to_device=False)
                     bar.update(len(chunk))
                 continue
-            for chunk in pool.map(lambda c: (model.prepare(modality, c, role, to_device=False), c)[1], chunks):
+            for chunk, _ in zip(chunks, pool.map(lambda c: model.prepare(modality, c, role, to_device=False), chunks)):
                 bar.update(len(chunk))
     bar.close()
     cache.flush()
