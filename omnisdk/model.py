@@ -265,7 +265,7 @@ class OmniModel(nn.Module):
         if modality == "text" and role is not None:
             instruction = getattr(plugin.instructions, role)
             if instruction:
-                items = [Item.of_text(instruction + (it.text or "")) for it in items]
+                items = [_instructed(plugin, it, instruction, self.runtime) for it in items]
         with self._tokenizer_lock if modality == "text" else contextlib.nullcontext():
             if self.prepared_cache is not None:
                 prepared = self.prepared_cache.prepare(self, modality, items)
@@ -476,6 +476,19 @@ def _dependency_order(plugins: Mapping[str, ModalityPlugin]) -> dict[str, Modali
     for name in sorted(plugins, key=lambda n: (n != "text", n)):
         visit(name, ())
     return ordered
+
+
+def _instructed(plugin, item: Item, instruction: str, runtime) -> Item:
+    """A text item with the role's instruction in front; a file is read here so its text keeps the instruction."""
+    if item.text is not None:
+        return Item.of_text(instruction + item.text)
+    reader = getattr(plugin, "text_of", None)
+    if reader is None:
+        return item
+    try:
+        return Item.of_text(instruction + reader(item, runtime))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return item  # preprocess reads it again and reports the cause for this item
 
 
 def _to_device(obj: Any, device: torch.device) -> Any:

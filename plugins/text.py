@@ -73,7 +73,7 @@ class TextPlugin(ModalityPlugin):
         texts, ok, errors = [], [], {}
         for i, item in enumerate(items):
             try:
-                texts.append(self._text_of(item, runtime))
+                texts.append(self.text_of(item, runtime))
                 ok.append(i)
             except (OSError, UnicodeDecodeError, ValueError) as exc:
                 errors[i] = f"{type(exc).__name__}: {exc}"
@@ -154,7 +154,8 @@ class TextPlugin(ModalityPlugin):
         return chunk_split(split_text(self._read(path), kind_of(path)), TokenCounter(tokenizer), size, overlap)
 
     # -- reading ------------------------------------------------------------------------------------------
-    def _text_of(self, item: Item, runtime: Runtime) -> str:
+    def text_of(self, item: Item, runtime: Runtime) -> str:
+        """The item's text: its own, a file's chunk at the locator, or the start of a whole file."""
         if item.text is not None:  # a plain text, or a chunk carrying its passage
             return item.text
         if item.path is None:

@@ -80,6 +80,24 @@ def test_roles_prepend_the_plugins_instructions(model, tmp_path):
     np.testing.assert_allclose(np.linalg.norm(query), 1.0, atol=1e-5)
 
 
+def test_a_text_file_keeps_its_content_under_a_role_instruction(model, tmp_path):
+    from omnisdk.modality import Instructions
+
+    note = tmp_path / "note.txt"
+    note.write_text("the red circle sits on the left of the page")
+    text_plugin = model.plugins["text"]
+    saved = text_plugin.instructions
+    text_plugin.instructions = Instructions(query="query: ", document="")
+    try:
+        from_file = model.encode([Item.of_file(note, "text")], role="query")[0]
+        from_text = model.encode([note.read_text()], role="query")[0]
+        instruction_only = model.encode([""], role="query")[0]
+    finally:
+        text_plugin.instructions = saved
+    np.testing.assert_allclose(from_file, from_text, atol=1e-5)
+    assert not np.allclose(from_file, instruction_only, atol=1e-3)
+
+
 def test_encode_reports_decode_and_model_time_to_a_timer(model, tmp_path):
     from omnisdk.timing import PhaseTimer
 
