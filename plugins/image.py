@@ -137,8 +137,8 @@ class ImageAdapter(nn.Module):
         """
         token_grid = token_grid or self.token_grid
         features = self.tower.forward_features(pixels)
-        if features.dim() == 4:  # convnets give [N, C, H, W]
-            prefix, grid = features[:, :0], features
+        if features.dim() == 4:  # convnets give [N, C, H, W] and no prefix tokens
+            prefix, grid = features.new_zeros(features.size(0), 0, features.size(1)), features
         else:
             n_prefix = int(getattr(self.tower, "num_prefix_tokens", 0))
             prefix, patches = features[:, :n_prefix], features[:, n_prefix:]

@@ -148,3 +148,14 @@ def test_encode_on_cuda_matches_cpu(model, tmp_path):
     gpu = model.to("cuda").encode(["text", png])
     model.to("cpu")
     np.testing.assert_allclose(cpu, gpu, atol=1e-4)
+
+
+def test_a_convolutional_tower_gives_pooled_grid_tokens(tiny_model_factory, tmp_path):
+    # Convnets return [N, C, H, W] feature maps with no prefix tokens: the adapter pools them to the grid.
+    model = tiny_model_factory(["image"], overrides={"image": {"tower": "resnet10t", "tower_kwargs": {},
+                                                             "image_size": 64, "token_grid": 2}})
+    pixels = model.prepare("image", [Item.of_file(write_png(tmp_path / "a.png"))]).batch["pixels"]
+    tokens = model.adapters["image"].encode_pixels(pixels)
+    assert tokens.shape == (1, 4, model.backbone.config.hidden_size)
+    red, blue = model.encode([write_png(tmp_path / "r.png"), write_png(tmp_path / "b.png", (0, 0, 255))])
+    assert np.isfinite(red).all() and not np.allclose(red, blue, atol=1e-4)
