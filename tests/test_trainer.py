@@ -203,3 +203,21 @@ def test_two_gloo_processes_end_with_identical_weights(world, tmp_path):
     assert prints[0]["fingerprint"] == prints[1]["fingerprint"]
     assert prints[0]["fingerprint"] != ckpt.read_manifest(world["base"]).fingerprint
     assert ckpt.read_manifest(tmp_path / "ddp").lineage.settings["world_size"] == 2
+
+
+def test_frozen_modules_train_in_eval_mode_unless_asked(world, tmp_path):
+    from omnisdk.model import OmniModel
+    from omnisdk.trainers.contrastive import ContrastiveTrainer
+
+    pool = PairPool.from_dataset(load_dataset(world["data"]), modalities=["image"])
+    modes = {}
+    for keep_dropout in (False, True):
+        model = OmniModel.load(world["base"])
+        config = TrainConfig(**FAST, steps=1, trainable=["adapters.image.*"], frozen_dropout=keep_dropout)
+        trainer = ContrastiveTrainer(model, pool, config, tmp_path / f"run-{keep_dropout}", show_progress=False)
+        trainer._train_mode()
+        modes[keep_dropout] = (model.backbone.training, model.adapters["image"].training,
+                               model.adapters["audio"].training)
+    # frozen: the backbone and the untouched audio adapter stop dropping out; the trained image adapter trains
+    assert modes[False] == (False, True, False)
+    assert modes[True] == (True, True, True)

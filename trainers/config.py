@@ -65,6 +65,10 @@ class TrainConfig(BaseModel):
     #: one modality per batch, modalities taking turns by their quotas (see BatchSchedule).
     modality_batches: bool = False
     log_every: int = Field(10, ge=1)
+    #: modules none of whose parameters train (a frozen backbone, a frozen audio encoder) run in eval
+    #: mode, as frozen feature extractors usually do: their dropout would only add noise to what the
+    #: trained parts learn from. True keeps them in train mode.
+    frozen_dropout: bool = False
 
     @model_validator(mode="after")
     def _lora_needs_full_backbone_choice(self) -> "TrainConfig":

@@ -117,7 +117,7 @@ class ContrastiveTrainer:
         self._warm_cache()
         losses: list[tuple[int, float]] = list(self._resumed_losses)
         skipped = 0
-        self.model.train()
+        self._train_mode()
         started = time.perf_counter()
         pairs = 0
         bar = tqdm(total=cfg.steps, initial=start_step, desc="train", unit="step", file=sys.stderr,
@@ -156,6 +156,17 @@ class ContrastiveTrainer:
         return TrainResult(steps=cfg.steps, final_loss=loss_value, seconds=round(time.perf_counter() - started, 2),
                            pairs_seen=pairs * self.world.size, trainable_parameters=sum(p.numel() for p in self.params.values()),
                            skipped_items=skipped, resumed_from=resumed, losses=losses)
+
+    def _train_mode(self) -> None:
+        """Train mode, except for modules none of whose parameters train (unless `frozen_dropout`)."""
+        self.model.train()
+        if self.config.frozen_dropout:
+            return
+        trained = {id(p) for p in self.trained.values()}
+        for module in self.model.modules():
+            params = list(module.parameters())
+            if params and module.training and not any(id(p) in trained for p in params):
+                module.eval()
 
     def _prepare_micro_batch(self, number: int) -> tuple[list, PreparedItems, PreparedItems, PreparedItems | None]:
         """Micro-batch `number`'s pairs, with queries, positives and hard negatives prepared for the model."""
