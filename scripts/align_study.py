@@ -35,6 +35,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--hard-negatives", type=int, default=1)
+    ap.add_argument("--frozen-dropout", action="store_true", help="keep the frozen backbone's dropout on")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
@@ -54,7 +56,8 @@ def main() -> None:
             started = time.perf_counter()
             result = align(base, dataset, Path(tmp) / name / "aligned",
                            {"steps": args.steps, "batch_size": args.batch_size, "learning_rate": args.lr,
-                            "precision": "bf16", "hard_negatives": 1, "quotas": {"image": 1.0}, "checkpoint_every": 10_000},
+                            "precision": "bf16", "hard_negatives": args.hard_negatives,
+                            "frozen_dropout": args.frozen_dropout, "quotas": {"image": 1.0}, "checkpoint_every": 10_000},
                            show_progress=False, cache=Path(tmp) / "cache")
             seconds = time.perf_counter() - started
             model = OmniModel.load(Path(tmp) / name / "aligned").use_cache(Path(tmp) / "cache")

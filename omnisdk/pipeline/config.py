@@ -55,6 +55,8 @@ class PipelineConfig(BaseModel):
     eval_split: str = "test"
     dev_split: str = "dev"
     eval_batch_size: int = 32
+    #: how evaluations and the drift check compute (bf16: autocast forward passes, float32 vectors)
+    eval_precision: Literal["fp32", "bf16"] = "fp32"
     train: dict[str, Any] = {}
     specialist: dict[str, dict[str, Any]] = {}
     fusion: FusionSettings = FusionSettings()

@@ -168,7 +168,7 @@ class Pipeline:
         d = self.config.drift
         report = check_drift(specialists, fused, dataset, split=self.config.dev_split, threshold=d.threshold,
                              metric=d.metric, batch_size=self.config.eval_batch_size, show_progress=self.show_progress,
-                             cache=self.cache)
+                             cache=self.cache, precision=self.config.eval_precision)
         path.write_text(json.dumps({"fused_fingerprint": fused_print, "report": report.model_dump()}, indent=2))
         (self.out / "drift.md").write_text(report.to_markdown() + "\n")
         self.say(report.to_markdown())
@@ -237,7 +237,7 @@ class Pipeline:
             if saved.model_fingerprint == fingerprint and saved.dataset_hash == dataset.content_hash():
                 self.skipped.append(f"eval:{name}")
                 return saved
-        model = OmniModel.load(directory).use_cache(self.cache)
+        model = OmniModel.load(directory, precision=self.config.eval_precision).use_cache(self.cache)
         report = evaluate(model, dataset, split=self.config.eval_split, batch_size=self.config.eval_batch_size,
                           show_progress=self.show_progress, label=name)
         self.cache.flush()
