@@ -24,6 +24,8 @@ VARIANTS = {
     "resnet18-128": {"tower": "resnet18", "tower_kwargs": {}, "image_size": 128, "token_grid": 4},
     "resnet10t-128": {"tower": "resnet10t", "tower_kwargs": {}, "image_size": 128, "token_grid": 4},
     "resnet10t-64": {"tower": "resnet10t", "tower_kwargs": {}, "image_size": 64, "token_grid": 2},
+    "resnet10t-64-gn": {"tower": "resnet10t", "tower_kwargs": {"norm_layer": "groupnorm1"}, "image_size": 64, "token_grid": 2},
+    "resnet10t-96-gn": {"tower": "resnet10t", "tower_kwargs": {"norm_layer": "groupnorm1"}, "image_size": 96, "token_grid": 3},
     "vit6-64": {"tower": "vit_tiny_patch16_224", "tower_kwargs": {"depth": 6}, "image_size": 64, "token_grid": 4},
     "vit6p8-64": {"tower": "vit_tiny_patch16_224", "tower_kwargs": {"depth": 6, "patch_size": 8}, "image_size": 64, "token_grid": 4},
 }
