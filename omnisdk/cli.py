@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("name", choices=["omniworld"])
     make.add_argument("--out", required=True, type=Path)
     make.add_argument("--seed", type=int, default=0)
-    make.add_argument("--size", default="tiny", choices=["tiny", "small", "full"])
+    make.add_argument("--size", default="tiny", choices=["tiny", "demo", "small", "full"])
     make.add_argument("--overwrite", action="store_true", help="replace an OmniWorld already in --out")
     make.add_argument("--json", action="store_true", help="print dataset.json's summary as JSON")
     make.set_defaults(func=cmd_datasets_make)

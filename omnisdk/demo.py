@@ -1,12 +1,14 @@
 """`omnisdk demo`: the whole method and the search on one machine, from nothing, in minutes.
 
-1. generate OmniWorld tiny (cached);
-2. run the tiny pipeline (base, specialists, fusion, drift check, recovery, rehearsal, joint) unless
-   its finished run is cached;
+1. generate OmniWorld at the size the pipeline config names (cached; `demo` by default);
+2. run the pipeline (default: the `demo` preset, the small preset's pretrained MiniLM backbone with
+   short stages: align, specialists, fusion, drift check, recovery, rehearsal) unless its finished
+   run is cached;
 3. copy the test split's corpus (scenes, digits, clips, PDFs, sounds, and the captions as .txt
    files) into one folder and index it into Qdrant Edge with the rehearsed model;
 4. run one example query per direction (text to image, video, document and audio; audio to text;
-   spoken digit to image) and print each top 3, marking the hits the qrels call relevant;
+   spoken digit to image), print each top 3, marking the hits the qrels call relevant, and count
+   the examples whose top hit is relevant;
 5. print the pipeline's stage table; `--serve` then opens the search app on that collection.
 
 Everything lives under the user's cache directory (`omnisdk demo --cache DIR` to choose), so a
@@ -44,10 +46,6 @@ class DemoPaths:
     root: Path
 
     @property
-    def data(self) -> Path:
-        return self.root / "omniworld-tiny"
-
-    @property
     def pipeline(self) -> Path:
         return self.root / "pipeline"
 
@@ -65,17 +63,22 @@ class DemoPaths:
 
 
 def run_demo(cache: Path | None = None, *, say: Callable[[str], None] = print, store_spec: str | None = None,
-             config: str = "tiny") -> DemoPaths:
+             config: str = "demo") -> DemoPaths:
+    from omnisdk.pipeline.config import load_config
+
     paths = DemoPaths(Path(cache) if cache else default_cache())
     paths.root.mkdir(parents=True, exist_ok=True)
-    dataset = _data(paths, say)
-    _train(paths, config, say)
+    settings = load_config(config)
+    dataset = _data(paths, settings.data.omniworld_size, settings.data.seed, say)
+    settings.data.path = dataset.root
+    _train(paths, settings, say)
     id_of_file = _collect_corpus(dataset, paths.corpus)
     store = _index(paths, store_spec, say)
     try:
-        _examples(paths, dataset, store, id_of_file, say)
+        relevant_top = _examples(paths, dataset, store, id_of_file, say)
     finally:
         store.close()
+    say(f"\n{relevant_top} of {len(EXAMPLES)} example queries have a relevant top hit")
     say("\n" + served_hit_table(paths))
     report = (paths.pipeline / "report.md").read_text()
     say("\n" + report.split("## hit@1")[0].strip())
@@ -94,25 +97,23 @@ def served_hit_table(paths: DemoPaths) -> str:
             + markdown_table(["task", "hit@1", "chance", "queries"], rows))
 
 
-def _data(paths: DemoPaths, say) -> Dataset:
-    if not (paths.data / "dataset.json").is_file():
+def _data(paths: DemoPaths, size: str, seed: int, say) -> Dataset:
+    root = paths.root / (f"omniworld-{size}" if seed == 0 else f"omniworld-{size}-seed{seed}")
+    if not (root / "dataset.json").is_file():
         from omnisdk.datasets.omniworld.build import make_omniworld
 
-        say(f"[1/4] generating OmniWorld tiny in {paths.data}")
-        make_omniworld(paths.data, size="tiny", seed=0, overwrite=True)
+        say(f"[1/4] generating OmniWorld {size} in {root}")
+        make_omniworld(root, size=size, seed=seed, overwrite=True)
     else:
-        say(f"[1/4] OmniWorld tiny: {paths.data} (cached)")
-    return load_dataset(paths.data)
+        say(f"[1/4] OmniWorld {size}: {root} (cached)")
+    return load_dataset(root)
 
 
-def _train(paths: DemoPaths, config_name: str, say) -> None:
-    from omnisdk.pipeline.config import load_config
+def _train(paths: DemoPaths, config, say) -> None:
     from omnisdk.pipeline.runner import Pipeline
 
-    config = load_config(config_name)
-    config.data.path = paths.data
     cached = (paths.pipeline / "report.json").is_file()
-    say(f"[2/4] the tiny pipeline in {paths.pipeline}" + (" (cached)" if cached else ": a few minutes"))
+    say(f"[2/4] the {config.name} pipeline in {paths.pipeline}" + (" (cached)" if cached else ": a few minutes"))
     Pipeline(config, paths.pipeline, say=(lambda line: None) if cached else say).run()
 
 
@@ -160,9 +161,11 @@ def _index(paths: DemoPaths, store_spec: str | None, say):
     return store
 
 
-def _examples(paths: DemoPaths, dataset: Dataset, store, id_of_file: dict[tuple[str, int | None], str], say) -> None:
+def _examples(paths: DemoPaths, dataset: Dataset, store, id_of_file: dict[tuple[str, int | None], str], say) -> int:
+    """Print each example's top 3; returns how many examples have a relevant top hit."""
     from omnisdk.search import Searcher
 
+    relevant_top = 0
     searcher = Searcher(store, COLLECTION, model_dir=str(paths.model))
     say("[4/4] example queries (a tick marks a hit the qrels call relevant)")
     for task, title in EXAMPLES:
@@ -177,19 +180,25 @@ def _examples(paths: DemoPaths, dataset: Dataset, store, id_of_file: dict[tuple[
         relevant = dataset.qrels["test"][query.id]
         say(f"\n{title}  [{task}]  query: {shown}")
         for hit in hits:
-            page = getattr(hit.locator, "page", None) if hit.locator else None
-            cid = id_of_file.get((str(Path(hit.source).resolve()), page))
+            cid = id_of_file.get(_file_key(hit))
             tick = "✓" if cid in relevant else " "
             where = f" ({hit.where})" if hit.where else ""
             label = dataset.corpus[cid].text if cid and dataset.corpus[cid].text else Path(hit.source).name
             say(f"  {tick} {hit.rank}. {hit.score:.3f}  {label}{where}")
+        relevant_top += bool(hits) and id_of_file.get(_file_key(hits[0])) in relevant
+    return relevant_top
+
+
+def _file_key(hit) -> tuple[str, int | None]:
+    page = getattr(hit.locator, "page", None) if hit.locator else None
+    return str(Path(hit.source).resolve()), page
 
 
 def add_commands(sub) -> None:
-    p = sub.add_parser("demo", help="generate OmniWorld tiny, train the tiny pipeline, index it in Qdrant, search it")
+    p = sub.add_parser("demo", help="generate OmniWorld, train the demo pipeline, index it in Qdrant, search it")
     p.add_argument("--cache", help="where data, models and the index live (default: the user cache dir)")
     p.add_argument("--store", help="a store instead of the demo's own Qdrant Edge directory (e.g. http://host:6333)")
-    p.add_argument("--config", default="tiny", help="the pipeline to train: a preset or a TOML file (default tiny)")
+    p.add_argument("--config", default="demo", help="the pipeline to train: a preset or a TOML file (default demo)")
     p.add_argument("--serve", action="store_true", help="then open the search app on the demo collection")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=7860)

@@ -22,6 +22,9 @@ def test_demo_trains_indexes_and_answers_every_example(tmp_path, capsys):
     for task in ("t2i", "t2v", "t2d", "t2a", "a2t", "a2i"):
         assert f"| {task} |" in served, task
     assert f"--collection {COLLECTION}" in out
+    # The tally counts the examples whose first hit carries a tick.
+    ticked_first = out.count("  ✓ 1. ")
+    assert f"{ticked_first} of {len(EXAMPLES)} example queries have a relevant top hit" in out
 
     # A second run reuses everything: nothing is trained or embedded again.
     assert main(["demo", "--cache", str(cache), "--config", str(config)]) == 0

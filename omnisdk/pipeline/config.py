@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from omnisdk.errors import OmniError
 
-PRESETS = ("tiny", "small", "full")
+PRESETS = ("tiny", "demo", "small", "full")
 
 
 class DataSettings(BaseModel):
@@ -18,7 +18,7 @@ class DataSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     path: Path | None = None
-    omniworld_size: Literal["tiny", "small", "full"] = "tiny"
+    omniworld_size: Literal["tiny", "demo", "small", "full"] = "tiny"
     seed: int = 0
 
 
@@ -79,7 +79,7 @@ class PipelineConfig(BaseModel):
 
 
 def load_config(source: str | Path) -> PipelineConfig:
-    """A preset name (tiny, small, full) or a TOML file."""
+    """A preset name (tiny, demo, small, full) or a TOML file."""
     if str(source) in PRESETS:
         text = resources.files("omnisdk.pipeline").joinpath("presets", f"{source}.toml").read_text()
         where = f"preset '{source}'"

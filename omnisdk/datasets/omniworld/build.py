@@ -33,7 +33,8 @@ from omnisdk.errors import OmniError
 VERSION = "1"
 EVAL_SPLITS = ("dev", "test")
 DOMAINS = ("scenes", "digits", "clips", "documents", "sounds", "spoken")
-# Items per domain and split. tiny: CI and the demo; small: the small pipeline; full: a GPU.
+# Items per domain and split. tiny: CI; demo: `omnisdk demo` (enough to learn from in minutes, a
+# small test corpus to index); small: the small pipeline; full: a GPU.
 SIZES: dict[str, dict[str, dict[str, int]]] = {
     "tiny": {
         "scenes": {"train": 64, "dev": 16, "test": 24},
@@ -42,6 +43,14 @@ SIZES: dict[str, dict[str, dict[str, int]]] = {
         "documents": {"train": 12, "dev": 4, "test": 8},
         "sounds": {"train": 48, "dev": 12, "test": 24},
         "spoken": {"train": 30, "dev": 10, "test": 20},
+    },
+    "demo": {
+        "scenes": {"train": 600, "dev": 40, "test": 40},
+        "digits": {"train": 400, "dev": 30, "test": 30},
+        "clips": {"train": 160, "dev": 16, "test": 16},
+        "documents": {"train": 80, "dev": 10, "test": 10},
+        "sounds": {"train": 300, "dev": 30, "test": 30},
+        "spoken": {"train": 150, "dev": 20, "test": 20},
     },
     "small": {
         "scenes": {"train": 1200, "dev": 100, "test": 200},
