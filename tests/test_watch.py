@@ -275,3 +275,57 @@ def test_cli_watch_stops_cleanly_on_ctrl_c(model_dir, tmp_path):
     assert "stopped; collection 'watched' is consistent" in out
     with open_store(str(store_dir)) as store:  # the lock was released
         assert sorted(sources(store)) == [str(data / "a.txt"), str(data / "b.txt")]
+
+
+KILLED_WATCHER = """
+import os, signal, sys, time
+from omnisdk.model import OmniModel
+from omnisdk.search import Indexer
+from omnisdk.search.watch import Watcher
+from omnisdk.store import open_store
+
+model_dir, store_dir, data = sys.argv[1:4]
+armed = False
+
+def on_event(name, info):
+    if armed and name in ("upsert", "delete", "prune"):
+        os.kill(os.getpid(), signal.SIGKILL)  # right after the first store write of a watch batch
+
+indexer = Indexer(OmniModel.load(model_dir), open_store(store_dir), "watched", progress=False, on_event=on_event)
+watcher = Watcher(indexer, [data], debounce=0.05)
+watcher.start()
+armed = True
+print("ready", flush=True)
+end = time.monotonic() + 120
+while time.monotonic() < end:
+    watcher.step()
+    time.sleep(0.02)
+sys.exit(1)
+"""
+
+
+@pytest.mark.slow
+def test_a_watcher_killed_mid_batch_is_repaired_by_the_next_start(model, model_dir, tmp_path):
+    data = (tmp_path / "data").resolve()
+    data.mkdir()
+    (data / "notes.txt").write_text("harbour cranes at dawn")
+    png(data / "red.png")
+    png(data / "blue.png", (30, 30, 220))
+    store_dir = tmp_path / "store"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WATCHER, str(model_dir), str(store_dir), str(data)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready", proc.stderr.read()[-2000:]
+    (data / "notes.txt").write_text("the cranes moved to another quay")  # new points, then stale ones deleted
+    (data / "blue.png").unlink()
+    (data / "new.txt").write_text("solar panels on the roof")
+    assert proc.wait(timeout=180) == -signal.SIGKILL, proc.stderr.read()[-2000:]
+
+    with make_watcher(model, store_dir, [data]) as watcher:  # the next start's catch-up
+        watcher.start()
+        resumed = {p.id: p.payload for p in watcher.indexer.store.scroll(COLLECTION)}
+    with open_store(str(tmp_path / "clean")) as store:
+        Indexer(model, store, COLLECTION, progress=False).index([data])
+        clean = {p.id: p.payload for p in store.scroll(COLLECTION)}
+    drop = ("indexed_at",)
+    assert {k: {f: v for f, v in p.items() if f not in drop} for k, p in resumed.items()} == \
+        {k: {f: v for f, v in p.items() if f not in drop} for k, p in clean.items()}

@@ -22,7 +22,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "skipped), split each file into chunks (PDF pages, "
         "video segments, audio windows), embed them and write them to the collection. Unchanged files are skipped, "
         "changed ones replaced; a file that fails is logged and the rest goes on (exit 3). A killed run resumes "
-        "when run again.",
+        "when run again. With --watch it then keeps the collection in sync until Ctrl-C.",
     )
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     p.add_argument("--collection", required=True)
