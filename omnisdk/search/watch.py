@@ -160,9 +160,15 @@ class Watcher:
         """Start watching, then catch up with a full run (prune included); returns its report."""
         self._observer = self._make_observer()
         handler = _Handler(self.queue, self.roots, self._is_skipped)
-        for target, recursive in self._targets():
-            self._observer.schedule(handler, str(target), recursive=recursive)
-        self._observer.start()
+        try:
+            for target, recursive in self._targets():
+                self._observer.schedule(handler, str(target), recursive=recursive)
+            self._observer.start()
+        except OSError as exc:  # inotify's per-user watch limit (ENOSPC, EMFILE) on a large tree
+            raise OmniError(
+                f"cannot watch {', '.join(map(str, self.roots))}: {exc.strerror or exc}. On Linux raise the limit "
+                "(sysctl fs.inotify.max_user_watches=524288), or poll instead (--poll 5)"
+            ) from exc
         report = self.indexer.index(self.roots, prune=True, rules=self.rules)
         self._done(report)
         return report
