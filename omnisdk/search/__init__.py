@@ -11,6 +11,9 @@
 
 - `Indexer(model, store, collection, *, model_dir=None, batch_size=32, error_log=None, progress=None,
   on_event=None).index(paths, *, prune=False) -> IndexReport`: see `omnisdk.search.indexer`.
+- `Indexer.update(paths, roots, *, rules=None) -> IndexReport`: bring changed paths (present or gone)
+  in line with the disk; `Watcher(indexer, roots, ...).run(stop_event)` keeps a collection in sync
+  with folders (watch mode): see `omnisdk.search.watch`.
 - `Searcher(store, collection, model=None, *, model_dir=None).search(query, *, limit=10,
   modalities=None) -> list[SearchHit]`: see `omnisdk.search.searcher`.
 - `point_id(sha256, source, locator)`: the deterministic id of a chunk's point.

@@ -22,7 +22,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "skipped), split each file into chunks (PDF pages, "
         "video segments, audio windows), embed them and write them to the collection. Unchanged files are skipped, "
         "changed ones replaced; a file that fails is logged and the rest goes on (exit 3). A killed run resumes "
-        "when run again.",
+        "when run again. With --watch it then keeps the collection in sync until Ctrl-C.",
     )
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     p.add_argument("--collection", required=True)
@@ -36,6 +36,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="skip files and folders matching GLOB (.gitignore syntax, relative to PATH; repeatable)")
     p.add_argument("--no-ignore", action="store_true", help="do not honour .gitignore and .omnisdkignore files")
     p.add_argument("--max-file-mb", type=float, metavar="MB", help="skip files larger than MB (listed in the summary)")
+    p.add_argument("--watch", action="store_true", help="after indexing (with --prune), keep the collection in sync "
+                   "as files are created, changed, moved or deleted, until Ctrl-C")
+    p.add_argument("--debounce", type=float, default=1.0, metavar="SECONDS",
+                   help="with --watch: handle a file once it has been quiet this long (default 1)")
+    p.add_argument("--poll", type=float, metavar="SECONDS", help="with --watch: look for changes every SECONDS "
+                   "instead of using native file-system events (network and container mounts)")
     p.add_argument("--batch-size", type=int, default=32, help="chunks embedded per batch (default 32)")
     p.add_argument("--error-log", type=Path, help="JSONL of this run's failures (default: in the store, or .omnisdk/)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -90,11 +96,69 @@ def cmd_index(args: argparse.Namespace) -> int:
             model, store, args.collection, model_dir=model_dir, batch_size=args.batch_size, error_log=args.error_log,
             progress=False if args.no_progress or args.json else None,
         )
+        if args.watch:
+            return _watch(indexer, args)
         report = indexer.index(args.paths, prune=args.prune, rules=_rules(args))
     print(json.dumps(report.as_dict(), indent=2) if args.json else report.markdown())
     for error in report.errors:
         print(f"omnisdk: failed: {error.path}: {error.cause}", file=sys.stderr)
     return EXIT_ITEMS_FAILED if report.errors else 0
+
+
+def _watch(indexer, args: argparse.Namespace) -> int:
+    """`index --watch`: the catch-up run's summary, then one line per batch, until Ctrl-C (or SIGTERM).
+
+    The first signal lets the batch in progress finish (the collection stays consistent, the store
+    is closed); a second one interrupts at once, which the crash-safe writes also survive.
+    """
+    import signal
+    import threading
+
+    from omnisdk.search.watch import Watcher
+
+    stop = threading.Event()
+    failed = []
+
+    def on_signal(signum, _frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print("omnisdk: stopping after the current batch (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+
+    def on_report(report) -> None:
+        failed.extend(report.errors)
+        for error in report.errors:
+            print(f"omnisdk: failed: {error.path}: {error.cause}", file=sys.stderr, flush=True)
+        if args.json:
+            print(json.dumps(report.as_dict()), flush=True)
+        elif len(watcher.reports) == 1:
+            print(report.markdown() + f"\n\nwatching {', '.join(str(r) for r in watcher.roots)} (Ctrl-C to stop)", flush=True)
+        else:
+            print(_batch_line(report), flush=True)
+
+    def on_busy(exc) -> None:
+        print(f"omnisdk: waiting: {exc}", file=sys.stderr, flush=True)
+
+    watcher = Watcher(indexer, args.paths, rules=_rules(args), debounce=args.debounce, poll=args.poll,
+                      on_report=on_report, on_busy=on_busy)
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        watcher.run(stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print(f"stopped; collection '{args.collection}' is consistent", flush=True)
+    return EXIT_ITEMS_FAILED if failed else 0
+
+
+def _batch_line(report) -> str:
+    """One line per watch batch: the time and what changed."""
+    import time
+
+    parts = [f"{n} {label}" for n, label in ((report.indexed, "indexed"), (report.copied, "moved or copied"),
+                                             (report.pruned_files, "removed"), (report.failed + report.partial, "failed"))
+             if n]
+    return f"{time.strftime('%H:%M:%S')} {', '.join(parts) or 'no change'} ({report.points_total} points, {report.seconds:.1f} s)"
 
 
 def cmd_search(args: argparse.Namespace) -> int:

@@ -32,6 +32,7 @@ moment, running the same command again converges to exactly the points of a clea
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections import Counter, defaultdict
@@ -45,7 +46,7 @@ from omnisdk.errors import ModalityDetectionError, OmniError
 from omnisdk.items import Item, Locator
 from omnisdk.search.rules import WalkRules
 from omnisdk.search.calibration import refresh_calibration
-from omnisdk.search.walk import file_sha256, point_id, under, walk
+from omnisdk.search.walk import Walk, file_sha256, point_id, under, walk, walk_paths
 from omnisdk.store.base import Store, StoredPoint, ensure_collection, now_iso
 from omnisdk.tables import markdown_table
 from omnisdk.timing import PhaseTimer
@@ -212,16 +213,45 @@ class Indexer:
         report = IndexReport(self.collection, self.store.location, [str(r) for r in roots], error_log=str(self.error_log))
         rules = rules or WalkRules()
         self._record_roots([r for r in roots if r.exists()], rules)
+        tree = walk([r for r in roots if r.exists()], rules)
+        self._run(report, tree, roots if prune else None, log_mode="w")
+        if prune:
+            self._forget_roots([r for r in roots if not r.exists()])
+        report.seconds = time.perf_counter() - start
+        report.timings = self._timer.split(report.seconds, PHASES, "bookkeeping")
+        return report
+
+    def update(self, paths: Iterable[str | Path], roots: Iterable[str | Path], *, rules: WalkRules | None = None) -> IndexReport:
+        """Bring `paths` (files or folders under `roots`, present or gone) in line with the disk.
+
+        What is at or below each path and selected by `rules` is indexed as `index` would (unchanged
+        files skipped, moved ones reuse their vectors); the points of files at or below a path that
+        are gone, or that the rules now leave out, are deleted. Watch mode (omnisdk.search.watch)
+        calls it with each batch of changes, so it costs the changed files, not the whole roots, plus
+        one read of the collection's bookkeeping. The same crash-safe contract holds; failures are
+        appended to the error log of the last `index` run.
+        """
+        start = time.perf_counter()
+        self._timer = PhaseTimer()
+        changed = [Path(os.path.abspath(Path(p).expanduser())) for p in paths]
+        report = IndexReport(self.collection, self.store.location, [str(p) for p in changed], error_log=str(self.error_log))
+        tree = walk_paths(changed, [Path(r).expanduser().resolve() for r in roots], rules)
+        self._run(report, tree, changed, log_mode="a")
+        report.seconds = time.perf_counter() - start
+        report.timings = self._timer.split(report.seconds, PHASES, "bookkeeping")
+        return report
+
+    def _run(self, report: IndexReport, tree: Walk, prune_under: list[Path] | None, log_mode: str) -> None:
+        """Plan, embed and write the walked files, then delete the points of files under `prune_under` not in it."""
         state = self._load_state()
         reusable = {sha: group for groups in state.values() for sha, group in groups.items() if group.complete}
         # The store's own files are never indexed, wherever it lives.
         own = [Path(d).resolve() for d in (self.store.local_dir(self.collection), getattr(self.store, "root", None),
                                  getattr(self.store, "local_path", None)) if d is not None]
-        tree = walk([r for r in roots if r.exists()], rules)
         report.skipped.update(tree.skipped)
         report.too_large = [{"path": str(p), "bytes": size} for p, size in tree.too_large]
         self.error_log.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.error_log, "w", encoding="utf-8") as log:
+        with open(self.error_log, log_mode, encoding="utf-8") as log:
             self._log = log
             self._report = report
             jobs = []
@@ -233,9 +263,8 @@ class Indexer:
                 if job is not None:
                     jobs.append(job)
             self._embed(jobs)
-            if prune:
-                self._prune(roots, {str(p) for p in tree.files}, state)
-                self._forget_roots([r for r in roots if not r.exists()])
+            if prune_under is not None:
+                self._prune(prune_under, {str(p) for p in tree.files}, state)
         if report.points_written or report.points_deleted:
             with self._timer.phase("upsert"):
                 self.store.flush(self.collection)
@@ -245,9 +274,6 @@ class Indexer:
             refresh_calibration(self.store, self.collection)
             self.meta = self.store.get_meta(self.collection)
         report.points_total = self.store.count(self.collection)
-        report.seconds = time.perf_counter() - start
-        report.timings = self._timer.split(report.seconds, PHASES, "bookkeeping")
-        return report
 
     def _plan(self, path: Path, groups: dict[str, _Group], reusable: dict[str, _Group]) -> _Job | None:
         """Decide what a file needs: nothing, its stale points dropped, a copy, or embedding."""

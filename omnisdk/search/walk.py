@@ -40,37 +40,86 @@ def walk(roots: Iterable[Path], rules: WalkRules | None = None) -> Walk:
     """
     rules = rules or WalkRules()
     select = Selector(rules)
-    cap = rules.max_file_bytes
     result = Walk()
     seen: set[Path] = set()
     for root in roots:
         root = Path(root).resolve()
         if root.is_file():
-            _add(result, seen, root, cap)
-            continue
-        specs = {root: select.ignore_specs(root, [])}
-        for directory, dirnames, filenames in os.walk(root, followlinks=False):
-            base = Path(directory)
-            inherited = specs.pop(base, [])
-            kept = []
-            for name in sorted(dirnames):
-                path = base / name
-                cause = _cause(select, root, path, True, inherited)
-                if cause:
-                    result.skipped[cause] += 1
-                else:
-                    kept.append(name)
-                    specs[path] = select.ignore_specs(path, inherited)
-            dirnames[:] = kept
-            for name in sorted(filenames):
-                path = base / name
-                cause = _cause(select, root, path, False, inherited)
-                if cause:
-                    result.skipped[cause] += 1
-                else:
-                    _add(result, seen, path, cap)
+            _add(result, seen, root, rules.max_file_bytes)
+        else:
+            _walk_folder(result, seen, select, root, root, select.ignore_specs(root, []))
     result.files.sort()
     return result
+
+
+def walk_paths(paths: Iterable[str | Path], roots: Iterable[Path], rules: WalkRules | None = None) -> Walk:
+    """What `walk(roots, rules)` would select at or below each of `paths` (changed files or folders
+    under the roots, as a watcher reports them), without walking the rest of the roots.
+
+    A path's folders between its root and it are judged as the walk judges them (hidden, symlink,
+    excluded, ignored by an ignore file above), so a file in an excluded folder stays out. A path
+    that is gone, or outside every root, selects nothing.
+    """
+    rules = rules or WalkRules()
+    select = Selector(rules)
+    roots = [Path(r) for r in roots]
+    result = Walk()
+    seen: set[Path] = set()
+    for path in paths:
+        path = Path(os.path.abspath(path))  # not resolved: a symlink must stay one, to be skipped
+        root = max((r for r in roots if path == r or path.is_relative_to(r)), key=lambda r: len(r.parts), default=None)
+        if root is None or not os.path.lexists(path):
+            continue
+        if path == root:
+            walk_root = walk([root], rules)
+            result.skipped.update(walk_root.skipped)
+            result.too_large += walk_root.too_large
+            result.files += [f for f in walk_root.files if f not in seen]
+            seen.update(walk_root.files)
+            continue
+        specs = select.ignore_specs(root, [])
+        cause = None
+        for folder in list(reversed(path.parents))[len(root.parts):]:  # the folders from below the root to the parent
+            cause = _cause(select, root, folder, True, specs)
+            if cause:
+                break
+            specs = select.ignore_specs(folder, specs)
+        is_dir = path.is_dir() and not path.is_symlink()
+        cause = cause or _cause(select, root, path, is_dir, specs)
+        if cause:
+            result.skipped[cause] += 1
+        elif is_dir:
+            _walk_folder(result, seen, select, root, path, select.ignore_specs(path, specs))
+        else:
+            _add(result, seen, path, rules.max_file_bytes)
+    result.files.sort()
+    return result
+
+
+def _walk_folder(result: Walk, seen: set[Path], select: Selector, root: Path, top: Path, top_specs: list) -> None:
+    """The selected files under `top` (a folder under `root`, or `root`), whose ignore specs are `top_specs`."""
+    cap = select.rules.max_file_bytes
+    specs = {top: top_specs}
+    for directory, dirnames, filenames in os.walk(top, followlinks=False):
+        base = Path(directory)
+        inherited = specs.pop(base, [])
+        kept = []
+        for name in sorted(dirnames):
+            path = base / name
+            cause = _cause(select, root, path, True, inherited)
+            if cause:
+                result.skipped[cause] += 1
+            else:
+                kept.append(name)
+                specs[path] = select.ignore_specs(path, inherited)
+        dirnames[:] = kept
+        for name in sorted(filenames):
+            path = base / name
+            cause = _cause(select, root, path, False, inherited)
+            if cause:
+                result.skipped[cause] += 1
+            else:
+                _add(result, seen, path, cap)
 
 
 def _cause(select: Selector, root: Path, path: Path, is_dir: bool, specs: list) -> str | None:
