@@ -114,3 +114,27 @@ def test_pipeline_runs_every_stage_resumes_after_a_kill_and_skips_finished_stage
     again = json.loads((out / "report.json").read_text())
     assert set(again["skipped_stages"]) >= {"base", "fuse", "rehearse", "joint", *(f"eval:{s}" for s in STAGES)}
     assert again["stages"] == summary["stages"]
+
+
+def test_a_coma_warmup_stage_becomes_the_base_of_every_later_stage(tmp_path):
+    config = tmp_path / "warm.toml"
+    config.write_text('name = "warm"\nbase_preset = "tiny"\nspecialists = ["image"]\njoint_baseline = false\n'
+                      '[data]\nomniworld_size = "tiny"\n[train]\nbatch_size = 4\nlearning_rate = 1e-3\n'
+                      '[warmup]\nmethod = "coma"\nsteps = 2\nbatch_size = 4\ntokens = 4\n'
+                      '[align]\nsteps = 2\n[specialist.image]\nsteps = 2\n[recovery]\nsteps = 1\n[rehearsal]\nsteps = 1\n')
+    out = tmp_path / "run"
+    assert main(["pipeline", "run", str(config), "--out", str(out)]) == 0
+    warmup = json.loads((out / "warmup" / "omnisdk.json").read_text())
+    aligned = json.loads((out / "aligned" / "omnisdk.json").read_text())
+    base = json.loads((out / "base" / "omnisdk.json").read_text())
+    assert warmup["lineage"]["stage"] == "warmup" and warmup["lineage"]["parents"] == [base["fingerprint"]]
+    assert aligned["lineage"]["parents"] == [warmup["fingerprint"]]
+    # the compression tokens and their pooling carry through to the served model
+    rehearsed = json.loads((out / "rehearsed" / "omnisdk.json").read_text())
+    assert rehearsed["backbone"]["pooling"] == "compression"
+    summary = json.loads((out / "report.json").read_text())
+    assert list(summary["stages"])[:3] == ["base", "warmup", "aligned"]
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text(config.read_text().replace('method = "coma"', 'method = "mae"'))
+    assert main(["pipeline", "run", str(bad), "--out", str(tmp_path / "bad")]) != 0

@@ -70,8 +70,12 @@ class WarmupResult:
 
 
 def coma_warmup(model_dir: str | Path, data: str | Path | Dataset, out: str | Path,
-                overrides: dict[str, Any] | None = None, *, show_progress: bool | None = None) -> WarmupResult:
-    """Warm `model_dir` up with CoMa on `data`'s training pairs; write the checkpoint to `out`."""
+                overrides: dict[str, Any] | None = None, *, show_progress: bool | None = None,
+                cache: Any = None) -> WarmupResult:
+    """Warm `model_dir` up with CoMa on `data`'s training pairs; write the checkpoint to `out`.
+
+    `cache` is a prepared-input cache (a directory, "default" or a PreparedCache; None decodes each step).
+    """
     from omnisdk.model import OmniModel
 
     out = Path(out)
@@ -79,7 +83,7 @@ def coma_warmup(model_dir: str | Path, data: str | Path | Dataset, out: str | Pa
         raise OmniError(f"{out} already holds a finished checkpoint; choose another --out or remove it")
     config = _config(overrides)
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
-    model = OmniModel.load(model_dir)
+    model = OmniModel.load(model_dir).use_cache(cache)
     parent = model.fingerprint
     add_compression_tokens(model, config.tokens, config.seed)
     pool = _reconstruction_pool(dataset, model)

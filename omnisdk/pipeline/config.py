@@ -61,6 +61,10 @@ class PipelineConfig(BaseModel):
     specialist: dict[str, dict[str, Any]] = {}
     fusion: FusionSettings = FusionSettings()
     drift: DriftSettings = DriftSettings()
+    #: an optional warm-up stage right after the base, e.g. `warmup = {method = "coma", steps = 200}`
+    #: (CoMa compression pre-training, trainers/coma.py); its checkpoint is the base of every later
+    #: stage. Empty, or `steps = 0`, skips it.
+    warmup: dict[str, Any] = {}
     #: the alignment stage (every adapter on every modality, backbone frozen) before the specialists;
     #: `steps = 0` (or no table) skips it and the specialists start from the base.
     align: dict[str, Any] = {}

@@ -55,6 +55,8 @@ class Pipeline:
         self.drift: DriftReport | None = None
         dataset = self._stage("data", self._data)
         base = self._evaluated("base", self._stage("base", self._base), dataset)
+        warmed = self._stage("warmup", lambda: self._warmup(base, dataset))
+        base = self._evaluated("warmup", warmed, dataset) if warmed else base
         aligned = self._stage("align", lambda: self._align(base, dataset))
         start = self._evaluated("aligned", aligned, dataset) if aligned else base
         specialists = {p: self._evaluated(f"specialist:{p}", self._stage(
@@ -119,6 +121,21 @@ class Pipeline:
             from omnisdk.presets import build_base
 
             build_base(self.config.base_preset, overrides=self.config.base_plugins).save(directory)
+        return directory
+
+    def _warmup(self, base: Path, dataset: Dataset) -> Path | None:
+        settings = dict(self.config.warmup)
+        if not settings or int(settings.get("steps", 1)) == 0:
+            return None
+        method = settings.pop("method", "coma")
+        if method != "coma":
+            raise OmniError(f"unknown warm-up method '{method}'; the pipeline knows: coma")
+        from omnisdk.trainers.coma import coma_warmup
+
+        directory = self.out / "warmup"
+        if not self._done(directory, "warmup"):
+            result = coma_warmup(base, dataset, directory, settings, show_progress=self.show_progress, cache=self.cache)
+            self.say(f"[warmup] coma, {result.steps} steps, loss {result.final_loss:.4f}, {result.seconds:.0f} s")
         return directory
 
     def _align(self, base: Path, dataset: Dataset) -> Path | None:
