@@ -221,3 +221,28 @@ def test_frozen_modules_train_in_eval_mode_unless_asked(world, tmp_path):
     # frozen: the backbone and the untouched audio adapter stop dropping out; the trained image adapter trains
     assert modes[False] == (False, True, False)
     assert modes[True] == (True, True, True)
+
+
+def test_negatives_across_two_gloo_ranks_equal_one_process_on_the_whole_batch(tmp_path):
+    import torch.nn.functional as F
+
+    out = tmp_path / "rank0.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519",
+           str(ROOT / "tests" / "ddp_gather_worker.py"), str(out)]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(out.read_text())
+
+    torch.manual_seed(0)  # the worker's model and batch, in one process
+    layer = torch.nn.Linear(8, 8)
+    inputs = torch.randn(3, 6, 8)
+    mask = torch.tensor([True, True, False, True, False, True])
+    q, p, h = (F.normalize(layer(x), dim=-1) for x in inputs)
+    loss = info_nce(q, p, 0.1, h.unsqueeze(1), mask.unsqueeze(1))
+    loss.backward()
+    assert got["loss"] == pytest.approx(loss.item(), rel=1e-5)
+    np.testing.assert_allclose(np.array(got["grad"]), layer.weight.grad.numpy(), rtol=1e-4, atol=1e-6)
+    # a rank alone (its own three pairs) would see another loss: the gather matters
+    local = info_nce(q[:3], p[:3], 0.1, h[:3].unsqueeze(1), mask[:3].unsqueeze(1))
+    assert abs(local.item() - loss.item()) > 1e-3

@@ -54,6 +54,9 @@ class TrainConfig(BaseModel):
     lora: LoraSettings | None = None
     #: hard-negative gradient amplification; None: plain InfoNCE. TOML: ega = {factor = 2.0, rule = "relative"}
     ega: EgaSettings | None = None
+    #: with several ranks, every rank's loss sees the whole global batch: the other ranks' positives
+    #: and hard negatives are negatives too (embeddings all-gathered; gradients reach each rank's own rows).
+    cross_rank_negatives: bool = True
     #: "bf16" runs forward passes under autocast (CPU and CUDA); master weights stay float32.
     precision: Literal["fp32", "bf16"] = "fp32"
     checkpoint_every: int = Field(50, ge=1)

@@ -27,7 +27,7 @@ from omnisdk.errors import OmniError
 from omnisdk.trainers import state as run_state
 from omnisdk.trainers.config import TrainConfig
 from omnisdk.trainers.data import BatchSchedule, PairPool
-from omnisdk.trainers.distributed import World, average_gradients, average_scalar, barrier
+from omnisdk.trainers.distributed import World, average_gradients, average_scalar, barrier, gather_rows, gradient_scale
 from omnisdk.trainers.embedding import PreparedItems, embed_prepared, prepare_items
 from omnisdk.trainers.losses import contrastive_loss
 from omnisdk.trainers.prefetch import Prefetcher
@@ -131,7 +131,7 @@ class ContrastiveTrainer:
                 step_loss = 0.0
                 for micro in range(cfg.grad_accumulation):
                     loss, used, dropped = self._micro_step(prefetch.get(step * cfg.grad_accumulation + micro))
-                    (loss / cfg.grad_accumulation).backward()
+                    (loss * gradient_scale(self.world, self._gathers) / cfg.grad_accumulation).backward()
                     step_loss += float(loss.detach()) / cfg.grad_accumulation
                     pairs += used
                     skipped += dropped
@@ -206,21 +206,38 @@ class ContrastiveTrainer:
             for cause in errors.values():
                 log.warning("training item skipped: %s", cause)
         keep = q_ok & p_ok
+        local_kept = int(keep.sum())
+        hard, mask = self._hard_negative_tensor(batch, negatives, n_ok)
+        if self._gathers:  # every rank's pairs: the other ranks' positives become negatives too
+            queries, positives, keep = (gather_rows(t, self.world) for t in (queries, positives, keep))
+            if hard is not None:
+                hard, mask = gather_rows(hard, self.world), gather_rows(mask, self.world)
         if int(keep.sum()) < 2:
             raise OmniError(f"a batch kept {int(keep.sum())} readable pairs of {len(batch)}; check the training files "
                             f"(causes: {list({**q_err, **p_err}.values())[:3]})")
-        hard, mask = self._hard_negative_tensor(batch, negatives, n_ok, keep)
+        if hard is not None:
+            hard, mask = hard[keep], mask[keep]
         temperature = self.log_temperature.exp()
         loss = contrastive_loss(self.config, queries[keep], positives[keep], temperature, hard, mask)
-        return loss, int(keep.sum()), len(q_err) + len(p_err) + len(n_err)
+        return loss, local_kept, len(q_err) + len(p_err) + len(n_err)
 
-    def _hard_negative_tensor(self, batch, negatives, n_ok, keep):
+    @property
+    def _gathers(self) -> bool:
+        return self.world.size > 1 and self.config.cross_rank_negatives
+
+    def _hard_negative_tensor(self, batch, negatives, n_ok):
+        """(N, H, D) hard negatives per pair and their (N, H) mask; zeros where a pair has fewer than H.
+
+        Gathering across ranks needs the same shapes everywhere, so a batch without any negative
+        still gets an all-masked tensor then."""
         h = self.config.hard_negatives
-        if negatives is None or h == 0:
+        if h == 0 or (negatives is None and not self._gathers):
             return None, None
-        dim = negatives.size(1)
-        hard = torch.zeros(len(batch), h, dim, device=negatives.device)
-        mask = torch.zeros(len(batch), h, dtype=torch.bool, device=negatives.device)
+        device = self.model.device
+        hard = torch.zeros(len(batch), h, self.model.dim, device=device)
+        mask = torch.zeros(len(batch), h, dtype=torch.bool, device=device)
+        if negatives is None:
+            return hard, mask
         cursor = 0
         for i, ex in enumerate(batch):
             n = min(h, len(ex.negatives))
@@ -228,7 +245,7 @@ class ContrastiveTrainer:
                 hard[i, :n] = negatives[cursor:cursor + n]
                 mask[i, :n] = n_ok[cursor:cursor + n]
             cursor += n
-        return hard[keep], mask[keep]
+        return hard, mask
 
     def _autocast(self):
         if self.config.precision != "bf16":

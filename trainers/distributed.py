@@ -3,6 +3,12 @@
 Gradients are averaged with one all-reduce per parameter after backward: every rank then applies
 the same update and the weights stay identical without wrapping the model in DDP (whose forward
 hook the model's per-modality entry points would bypass).
+
+Negatives across ranks: `gather_rows` gives every rank the whole global batch of embeddings, its own
+rows keeping their graph, so each rank's loss is the loss of the global batch. Each rank's backward
+then yields the global loss's gradient through its own rows only; summing those over ranks gives
+the full gradient, which is why the trainer scales its loss by the world size before the averaging
+all-reduce (`gradient_scale`).
 """
 from __future__ import annotations
 
@@ -62,3 +68,21 @@ def average_scalar(value: float, world: World) -> float:
 def barrier(world: World) -> None:
     if world.size > 1:
         dist.barrier()
+
+
+def gather_rows(rows: torch.Tensor, world: World) -> torch.Tensor:
+    """Every rank's `rows` concatenated in rank order (same shape on every rank); only this rank's
+    own rows carry gradients. Boolean masks travel as uint8 (not every backend gathers bool)."""
+    if world.size <= 1:
+        return rows
+    payload = rows.detach().to(torch.uint8) if rows.dtype == torch.bool else rows.detach()
+    parts = [torch.empty_like(payload) for _ in range(world.size)]
+    dist.all_gather(parts, payload.contiguous())
+    parts = [p.bool() for p in parts] if rows.dtype == torch.bool else parts
+    parts[world.rank] = rows
+    return torch.cat(parts)
+
+
+def gradient_scale(world: World, gathered: bool) -> float:
+    """What a rank multiplies its loss by so that averaged gradients are the global batch's gradient."""
+    return float(world.size) if gathered and world.size > 1 else 1.0
