@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from omnisdk.errors import OmniError
-from omnisdk.precision import add_precision_argument
+from omnisdk.precision import add_compute_arguments, compute_from
 
 STORE_HELP = ("where the vectors live: a directory (Qdrant Edge; default ./.omnisdk), http(s)://HOST:PORT "
               "(a Qdrant server; API key from QDRANT_API_KEY), or local:PATH")
@@ -29,7 +29,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--upload-dir", type=Path,
                    help="where files added in the Index tab are kept (default: omnisdk's data folder/uploads/COLLECTION)")
     p.add_argument("--no-index-tab", action="store_true", help="search only: no uploads into the collection")
-    add_precision_argument(p)
+    add_compute_arguments(p)
     p.add_argument("--no-calibrate", action="store_true",
                    help="rank mixed-modality results by raw cosine, without the per-modality calibration")
     p.set_defaults(func=cmd_app)
@@ -43,8 +43,8 @@ def cmd_app(args: argparse.Namespace) -> int:
         raise OmniError(f"--port {args.port} is not a port: use 1-65535")
     if args.max_upload_mb <= 0:
         raise OmniError(f"--max-upload-mb {args.max_upload_mb} must be positive")
-    backend = StoreBackend.open(args.collection, args.store, args.model, precision=args.precision,
-                                calibrate=not args.no_calibrate)
+    backend = StoreBackend.open(args.collection, args.store, args.model, calibrate=not args.no_calibrate,
+                                **compute_from(args))
     try:
         local = backend.store.local_dir(args.collection)
         settings = AppSettings(

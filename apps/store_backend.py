@@ -34,9 +34,10 @@ class StoreBackend:
     @classmethod
     def open(
         cls, collection: str, store: str | Path | None = None, model_dir: str | Path | None = None, *,
-        precision: str = "fp32", calibrate: bool = True,
+        precision: str = "fp32", calibrate: bool = True, device: Any = None,
     ) -> StoreBackend:
-        """Open the store and the collection's model (the recorded one unless `model_dir` is given) at `precision`."""
+        """Open the store and the collection's model (the recorded one unless `model_dir` is given) on `device`
+        (default: CUDA if available) at `precision`."""
         from omnisdk.checkpoint import read_manifest
         from omnisdk.model import OmniModel
         from omnisdk.store import check_fingerprint, open_store
@@ -55,7 +56,7 @@ class StoreBackend:
                     f"no collection '{collection}' in {handle.location}: index files into it first "
                     f"(omnisdk index PATH --collection {collection} --model DIR), or pass --model DIR to start it empty"
                 )
-            model = OmniModel.load(model_dir, precision=precision)
+            model = OmniModel.load(model_dir, device=device, precision=precision)
             return cls(handle, collection, model, model_dir=model_dir, calibrate=calibrate)
         except BaseException:
             handle.close()

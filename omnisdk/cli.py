@@ -11,7 +11,7 @@ from typing import Any, Sequence
 from omnisdk import __version__
 from omnisdk.tables import markdown_table  # noqa: F401  (re-exported: older imports)
 from omnisdk.errors import OmniError
-from omnisdk.precision import add_precision_argument
+from omnisdk.precision import add_compute_arguments, compute_from
 
 EXIT_ERROR = 2
 EXIT_ITEMS_FAILED = 3
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--role", choices=["query", "document"], help="prepend the plugins' query or document instruction")
     p.add_argument("--chunks", action="store_true", help="split files into pages, segments and windows: a row per chunk")
-    add_precision_argument(p)
+    add_compute_arguments(p)
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("info", help="describe a checkpoint: backbone, plugins, fingerprint, lineage")
@@ -223,7 +223,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from omnisdk.model import OmniModel
     from omnisdk.special_files import PipeSpool
 
-    model = OmniModel.load(args.model, precision=args.precision)
+    model = OmniModel.load(args.model, **compute_from(args))
     with PipeSpool() as spool:
         # Pipes are read here, once, before chunking or detection would open them; other special
         # files are refused here, before anything opens them.

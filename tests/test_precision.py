@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from omnisdk.cli import EXIT_ERROR, build_parser, main
 from omnisdk.errors import OmniError
@@ -69,9 +70,14 @@ def test_embed_cli_runs_bf16_close_to_fp32(model_dir, tmp_path, capsys):
     ["app", "--collection", "c"],
 ])
 def test_every_encoding_command_takes_precision_and_rejects_unknown_values(command, capsys):
+    from omnisdk.precision import compute_from
+
     parser = build_parser()
-    assert parser.parse_args(command).precision == "fp32"
-    assert parser.parse_args(command + ["--precision", "bf16"]).precision == "bf16"
+    args = parser.parse_args(command)
+    assert (args.precision, args.device) == (None, "auto")  # resolved by the device: fp32 on a CPU
+    if not torch.cuda.is_available():
+        assert compute_from(args) == {"device": torch.device("cpu"), "precision": "fp32"}
+    assert compute_from(parser.parse_args(command + ["--device", "cpu", "--precision", "bf16"]))["precision"] == "bf16"
     with pytest.raises(SystemExit) as exc:
         parser.parse_args(command + ["--precision", "fp8"])
     assert exc.value.code == 2
@@ -112,3 +118,39 @@ def test_index_and_search_run_in_bf16(model_dir, tmp_path, capsys):
     assert code == 0 and hits[0]["source"].endswith("1.txt")
     with open_store(str(store)) as handle:
         assert Searcher(handle, "c", precision="bf16").model.precision == "bf16"
+
+
+def test_devices_resolve_and_cuda_without_a_gpu_is_a_clear_error(model_dir, capsys):
+    from omnisdk.precision import default_precision, resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu") and resolve_device("AUTO").type in ("cpu", "cuda")
+    assert default_precision(torch.device("cuda", 0)) == "bf16" and default_precision(torch.device("cpu")) == "fp32"
+    with pytest.raises(OmniError, match="unknown device 'tpu'"):
+        resolve_device("tpu")
+    code = main(["embed", "--model", str(model_dir / "model"), "hello", "--device", "cpu", "--json"])
+    assert code == 0 and '"dim": 32' in capsys.readouterr().out
+    if not torch.cuda.is_available():
+        assert main(["embed", "--model", str(model_dir / "model"), "hello", "--device", "cuda"]) != 0
+        assert "--device cuda: this machine has no CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [
+    ["train", "specialist", "--base", "b", "--plugin", "image", "--data", "d", "--out", "o"],
+    ["train", "joint", "--base", "b", "--data", "d", "--out", "o"],
+    ["align", "--base", "b", "--data", "d", "--out", "o"],
+    ["recover", "--model", "m", "--plugin", "audio", "--data", "d", "--out", "o"],
+    ["rehearse", "--model", "m", "--data", "d", "--out", "o"],
+    ["warmup", "--method", "coma", "--model", "m", "--data", "d", "--out", "o"],
+    ["pipeline", "run", "tiny", "--out", "o"],
+])
+def test_every_training_command_takes_a_device(command):
+    parser = build_parser()
+    assert parser.parse_args(command).device == "auto"
+    assert parser.parse_args(command + ["--device", "cpu"]).device == "cpu"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_a_pipeline_on_a_missing_gpu_is_refused_before_any_stage(tmp_path, capsys):
+    assert main(["pipeline", "run", "tiny", "--out", str(tmp_path / "run"), "--device", "cuda"]) == EXIT_ERROR
+    assert "--device cuda: this machine has no CUDA GPU" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

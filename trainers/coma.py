@@ -50,7 +50,7 @@ class CoMaConfig(BaseModel):
     max_target_tokens: int = Field(64, ge=2)
     head_layers: int = Field(1, ge=1)
     seed: int = 0
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16"] | None = None  # None: bf16 on CUDA, fp32 on CPU
     log_every: int = Field(10, ge=1)
 
 
@@ -71,7 +71,7 @@ class WarmupResult:
 
 def coma_warmup(model_dir: str | Path, data: str | Path | Dataset, out: str | Path,
                 overrides: dict[str, Any] | None = None, *, show_progress: bool | None = None,
-                cache: Any = None) -> WarmupResult:
+                cache: Any = None, device: str | None = None) -> WarmupResult:
     """Warm `model_dir` up with CoMa on `data`'s training pairs; write the checkpoint to `out`.
 
     `cache` is a prepared-input cache (a directory, "default" or a PreparedCache; None decodes each step).
@@ -83,7 +83,9 @@ def coma_warmup(model_dir: str | Path, data: str | Path | Dataset, out: str | Pa
         raise OmniError(f"{out} already holds a finished checkpoint; choose another --out or remove it")
     config = _config(overrides)
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
-    model = OmniModel.load(model_dir).use_cache(cache)
+    from omnisdk.precision import resolve_device
+
+    model = OmniModel.load(model_dir, device=resolve_device(device)).use_cache(cache)
     parent = model.fingerprint
     add_compression_tokens(model, config.tokens, config.seed)
     pool = _reconstruction_pool(dataset, model)
@@ -224,7 +226,9 @@ def _reconstruction_pool(dataset: Dataset, model) -> PairPool:
 
 
 def _autocast(model, config: CoMaConfig):
-    if config.precision != "bf16":
+    from omnisdk.precision import default_precision
+
+    if (config.precision or default_precision(model.device)) != "bf16":
         return contextlib.nullcontext()
     return torch.autocast(device_type=model.device.type, dtype=torch.bfloat16)
 

@@ -15,6 +15,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from omnisdk.precision import DEVICE_HELP
 from omnisdk.prepared.flags import add_cache_flags, cache_from
 
 
@@ -54,7 +55,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, dest="learning_rate")
     p.add_argument("--seed", type=int)
-    p.add_argument("--precision", choices=["fp32", "bf16"])
+    p.add_argument("--precision", choices=["fp32", "bf16"], help="default: bf16 on CUDA, fp32 on CPU")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
     p.set_defaults(func=cmd_warmup)
 
@@ -74,7 +76,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, dest="learning_rate")
     p.add_argument("--seed", type=int)
-    p.add_argument("--precision", choices=["fp32", "bf16"])
+    p.add_argument("--precision", choices=["fp32", "bf16"], help="default: bf16 on CUDA, fp32 on CPU")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--ega", action="store_true",
                    help="amplify hard negatives' gradients (Explicit Gradient Amplifier); settings: [ega] in --config")
     p.add_argument("--ega-factor", type=float, metavar="F", help="EGA amplification factor (implies --ega; default 2.0)")
@@ -109,32 +112,35 @@ def cmd_train_specialist(args: argparse.Namespace) -> int:
     from omnisdk.trainers.stages import train_specialist
 
     return _report(train_specialist(args.base, args.plugin, args.data, args.out, overrides_from(args),
-                                    cache=cache_from(args)), args)
+                                    cache=cache_from(args), device=args.device), args)
 
 
 def cmd_align(args: argparse.Namespace) -> int:
     from omnisdk.trainers.stages import align
 
-    return _report(align(args.base, args.data, args.out, overrides_from(args), cache=cache_from(args)), args)
+    return _report(align(args.base, args.data, args.out, overrides_from(args), cache=cache_from(args),
+                         device=args.device), args)
 
 
 def cmd_train_joint(args: argparse.Namespace) -> int:
     from omnisdk.trainers.stages import train_joint
 
-    return _report(train_joint(args.base, args.data, args.out, overrides_from(args), cache=cache_from(args)), args)
+    return _report(train_joint(args.base, args.data, args.out, overrides_from(args), cache=cache_from(args),
+                               device=args.device), args)
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
     from omnisdk.trainers.stages import recover
 
     return _report(recover(args.model, args.plugin, args.data, args.out, overrides_from(args),
-                           cache=cache_from(args)), args)
+                           cache=cache_from(args), device=args.device), args)
 
 
 def cmd_rehearse(args: argparse.Namespace) -> int:
     from omnisdk.trainers.stages import rehearse
 
-    return _report(rehearse(args.model, args.data, args.out, overrides_from(args), cache=cache_from(args)), args)
+    return _report(rehearse(args.model, args.data, args.out, overrides_from(args), cache=cache_from(args),
+                            device=args.device), args)
 
 
 def cmd_warmup(args: argparse.Namespace) -> int:
@@ -144,7 +150,7 @@ def cmd_warmup(args: argparse.Namespace) -> int:
     for flag in ("steps", "tokens", "batch_size", "learning_rate", "seed", "precision"):
         if getattr(args, flag) is not None:
             overrides[flag] = getattr(args, flag)
-    result = coma_warmup(args.model, args.data, args.out, overrides)
+    result = coma_warmup(args.model, args.data, args.out, overrides, device=args.device)
     if args.json:
         print(json.dumps(result.summary(), indent=2))
     else:

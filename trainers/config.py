@@ -58,7 +58,8 @@ class TrainConfig(BaseModel):
     #: and hard negatives are negatives too (embeddings all-gathered; gradients reach each rank's own rows).
     cross_rank_negatives: bool = True
     #: "bf16" runs forward passes under autocast (CPU and CUDA); master weights stay float32.
-    precision: Literal["fp32", "bf16"] = "fp32"
+    #: None: bf16 on CUDA, fp32 on CPU.
+    precision: Literal["fp32", "bf16"] | None = None
     checkpoint_every: int = Field(50, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     #: pairs of these tasks only (None: all); a specialist sets its modality's tasks.

@@ -27,6 +27,7 @@ from omnisdk.errors import OmniError
 from omnisdk.trainers import state as run_state
 from omnisdk.trainers.config import TrainConfig
 from omnisdk.trainers.data import BatchSchedule, PairPool
+from omnisdk.precision import default_precision
 from omnisdk.trainers.distributed import World, average_gradients, average_scalar, barrier, gather_rows, gradient_scale
 from omnisdk.trainers.embedding import PreparedItems, embed_prepared, prepare_items
 from omnisdk.trainers.losses import contrastive_loss
@@ -248,7 +249,7 @@ class ContrastiveTrainer:
         return hard, mask
 
     def _autocast(self):
-        if self.config.precision != "bf16":
+        if (self.config.precision or default_precision(self.model.device)) != "bf16":
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.model.device.type, dtype=torch.bfloat16)
 

@@ -44,8 +44,12 @@ def init_world() -> World:
     return World(rank=dist.get_rank(), size=dist.get_world_size(), local_rank=local_rank)
 
 
-def device_for(world: World) -> torch.device:
-    return torch.device(f"cuda:{world.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+def device_for(world: World, requested: str | None = None) -> torch.device:
+    """This rank's device: `requested` (auto, cpu, cuda; see omnisdk.precision), CUDA ranks on their local GPU."""
+    from omnisdk.precision import resolve_device
+
+    device = resolve_device(requested)
+    return torch.device("cuda", world.local_rank) if device.type == "cuda" else device
 
 
 def average_gradients(parameters, world: World) -> None:

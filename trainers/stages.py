@@ -35,12 +35,12 @@ CacheSpec = Any
 
 def train_specialist(base: str | Path, plugin: str, data: str | Path | Dataset, out: str | Path,
                      overrides: dict[str, Any] | None = None, *, show_progress: bool | None = None,
-        cache: CacheSpec = "default") -> TrainResult:
+        cache: CacheSpec = "default", device: str | None = None) -> TrainResult:
     """Train the `plugin` specialist: backbone and the plugin's (and its dependencies') adapters."""
     from omnisdk.model import OmniModel
 
     world = init_world()
-    model = OmniModel.load(base, device=device_for(world)).use_cache(cache)
+    model = OmniModel.load(base, device=device_for(world, device)).use_cache(cache)
     if plugin not in model.plugins:
         raise OmniError(f"the base model has no '{plugin}' plugin (it has: {', '.join(model.plugins)})")
     defaults = model.plugins[plugin].training
@@ -57,7 +57,7 @@ def train_specialist(base: str | Path, plugin: str, data: str | Path | Dataset, 
 
 def align(base: str | Path, data: str | Path | Dataset, out: str | Path,
           overrides: dict[str, Any] | None = None, *, show_progress: bool | None = None,
-          cache: CacheSpec = "default") -> TrainResult:
+          cache: CacheSpec = "default", device: str | None = None) -> TrainResult:
     """Align every modality with the frozen backbone: all adapters train on all modalities' pairs.
 
     Batches hold every modality with pairs at an equal share (override with `quotas`), so each
@@ -66,7 +66,7 @@ def align(base: str | Path, data: str | Path | Dataset, out: str | Path,
     from omnisdk.model import OmniModel
 
     world = init_world()
-    model = OmniModel.load(base, device=device_for(world)).use_cache(cache)
+    model = OmniModel.load(base, device=device_for(world, device)).use_cache(cache)
     dataset = _dataset(data)
     adapters = [f"adapters.{m}.*" for m in model.plugins if m != "text"]
     config = _config({"learning_rate": 1e-3, "steps": 300, "batch_size": 32, "warmup_ratio": 0.05,
@@ -82,12 +82,12 @@ def align(base: str | Path, data: str | Path | Dataset, out: str | Path,
 
 def recover(model_dir: str | Path, plugin: str, data: str | Path | Dataset, out: str | Path,
             overrides: dict[str, Any] | None = None, *, show_progress: bool | None = None,
-        cache: CacheSpec = "default") -> TrainResult:
+        cache: CacheSpec = "default", device: str | None = None) -> TrainResult:
     """Repair `plugin` after fusion: the recovery plan's parameters train, every other keeps its bits."""
     from omnisdk.model import OmniModel
 
     world = init_world()
-    model = OmniModel.load(model_dir, device=device_for(world)).use_cache(cache)
+    model = OmniModel.load(model_dir, device=device_for(world, device)).use_cache(cache)
     plan = model.recovery_plan(plugin)
     if plan is None:
         raise OmniError(f"plugin '{plugin}' declares no recovery (its fusion metadata says recovery does not apply)")
@@ -104,12 +104,12 @@ def recover(model_dir: str | Path, plugin: str, data: str | Path | Dataset, out:
 
 def rehearse(model_dir: str | Path, data: str | Path | Dataset, out: str | Path,
              overrides: dict[str, Any] | None = None, *, show_progress: bool | None = None,
-        cache: CacheSpec = "default") -> TrainResult:
+        cache: CacheSpec = "default", device: str | None = None) -> TrainResult:
     """Short balanced multi-modal training: each modality with pairs gets an equal share of every batch."""
     from omnisdk.model import OmniModel
 
     world = init_world()
-    model = OmniModel.load(model_dir, device=device_for(world)).use_cache(cache)
+    model = OmniModel.load(model_dir, device=device_for(world, device)).use_cache(cache)
     dataset = _dataset(data)
     config = _config({"learning_rate": 1e-5, "steps": 100, "batch_size": 32, "warmup_ratio": 0.1}, overrides)
     pool = PairPool.from_dataset(dataset, tasks=config.tasks, modalities=list(model.plugins))
@@ -121,12 +121,12 @@ def rehearse(model_dir: str | Path, data: str | Path | Dataset, out: str | Path,
 
 def train_joint(base: str | Path, data: str | Path | Dataset, out: str | Path,
                 overrides: dict[str, Any] | None = None, *, show_progress: bool | None = None,
-        cache: CacheSpec = "default") -> TrainResult:
+        cache: CacheSpec = "default", device: str | None = None) -> TrainResult:
     """The multi-task baseline: the base trained on every modality's pairs mixed, everything trainable."""
     from omnisdk.model import OmniModel
 
     world = init_world()
-    model = OmniModel.load(base, device=device_for(world)).use_cache(cache)
+    model = OmniModel.load(base, device=device_for(world, device)).use_cache(cache)
     dataset = _dataset(data)
     pool = PairPool.from_dataset(dataset, modalities=list(model.plugins))
     config = _config({"learning_rate": 5e-5, "steps": 200, "batch_size": 32}, overrides)

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from omnisdk.errors import OmniError
-from omnisdk.precision import add_precision_argument
+from omnisdk.precision import add_compute_arguments, compute_from
 
 BASELINE_CHOICES = ("random", "oracle")
 
@@ -42,7 +42,7 @@ def register_eval_commands(sub: argparse._SubParsersAction) -> None:
     from omnisdk.prepared.flags import add_cache_flags
 
     add_cache_flags(p)
-    add_precision_argument(p)
+    add_compute_arguments(p)
     p.set_defaults(func=cmd_eval)
 
     c = sub.add_parser("eval-compare", help="compare eval reports side by side (stages, models, baselines)")
@@ -84,7 +84,7 @@ def _encoder(args: argparse.Namespace, dataset):
     if args.baseline:
         from omnisdk.eval.baselines import make_baseline
 
-        if args.precision != "fp32":
+        if args.precision not in (None, "fp32"):
             raise OmniError(f"--precision {args.precision} applies to a --model; the {args.baseline} baseline has no model to run")
 
         return make_baseline(args.baseline, dataset, split=args.split, seed=args.seed), args.label or args.baseline
@@ -92,7 +92,7 @@ def _encoder(args: argparse.Namespace, dataset):
 
     from omnisdk.prepared.flags import cache_from
 
-    model = OmniModel.load(args.model, precision=args.precision).use_cache(cache_from(args))
+    model = OmniModel.load(args.model, **compute_from(args)).use_cache(cache_from(args))
     return model, args.label or args.model.resolve().name
 
 

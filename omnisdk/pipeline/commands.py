@@ -5,6 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from omnisdk.precision import DEVICE_HELP, resolve_device
+
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pipeline", help="run decouple-fuse-recover end to end and report every stage")
@@ -14,6 +16,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     run.add_argument("config", help="a preset (tiny, small, full) or a TOML file")
     run.add_argument("--out", required=True, type=Path)
     run.add_argument("--fresh", action="store_true", help="remove an earlier run in --out first")
+    run.add_argument("--device", default="auto", help=DEVICE_HELP)
     run.set_defaults(func=cmd_pipeline_run)
     show = psub.add_parser("show", help="print a preset's or file's settings as TOML-equivalent JSON")
     show.add_argument("config")
@@ -27,7 +30,8 @@ def cmd_pipeline_run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.fresh:
         clean(args.out)
-    Pipeline(config, args.out, say=lambda line: print(line, file=sys.stderr, flush=True)).run()
+    resolve_device(args.device)  # a missing GPU is refused before any stage starts
+    Pipeline(config, args.out, say=lambda line: print(line, file=sys.stderr, flush=True), device=args.device).run()
     print((args.out / "report.md").read_text())
     print(f"wrote {args.out / 'report.md'}, {args.out / 'report.json'}, {args.out / 'report.png'}")
     return 0

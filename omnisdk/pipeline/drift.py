@@ -63,18 +63,18 @@ def tasks_of(dataset: Dataset, plugin: str, split: str) -> list[str]:
 def check_drift(specialists: dict[str, str | Path], fused_dir: str | Path, dataset: Dataset, *, split: str = "dev",
                 threshold: float = 0.02, metric: str = "ndcg@10", batch_size: int = 32,
                 show_progress: bool | None = None, cache: Any = None,
-                precision: str = "fp32") -> DriftReport:
+                precision: str = "fp32", device: Any = None) -> DriftReport:
     """Each plugin's dev tasks scored with its specialist and with the fused model; `cache` is the
     prepared-input cache both read (a directory, "default" or a PreparedCache; None decodes)."""
     from omnisdk.model import OmniModel
 
-    fused = OmniModel.load(fused_dir, precision=precision).use_cache(cache)
+    fused = OmniModel.load(fused_dir, device=device, precision=precision).use_cache(cache)
     results = []
     for plugin, specialist_dir in specialists.items():
         tasks = tasks_of(dataset, plugin, split)
         if not tasks:
             continue
-        specialist = OmniModel.load(specialist_dir, precision=precision).use_cache(fused.prepared_cache)
+        specialist = OmniModel.load(specialist_dir, device=device, precision=precision).use_cache(fused.prepared_cache)
         before = evaluate(specialist, dataset, split=split, tasks=tasks, batch_size=batch_size, show_progress=show_progress)
         after = evaluate(fused, dataset, split=split, tasks=tasks, batch_size=batch_size, show_progress=show_progress)
         s, f = _mean(before, metric), _mean(after, metric)

@@ -29,6 +29,7 @@ from typing import Any, Callable
 from omnisdk import checkpoint as ckpt
 from omnisdk.datasets.format import Dataset, load_dataset
 from omnisdk.errors import OmniError
+from omnisdk.precision import resolve_device
 from omnisdk.eval.report import EvalReport
 from omnisdk.pipeline.config import PipelineConfig
 from omnisdk.pipeline.drift import DriftReport, check_drift
@@ -38,8 +39,9 @@ log = logging.getLogger(__name__)
 
 class Pipeline:
     def __init__(self, config: PipelineConfig, out: str | Path, *, say: Callable[[str], None] = print,
-                 show_progress: bool | None = None):
+                 show_progress: bool | None = None, device: str | None = None):
         self.config, self.out, self.say, self.show_progress = config, Path(out), say, show_progress
+        self.device = device  # auto (None), cpu, cuda: every stage trains and evaluates there
         self.timings: dict[str, float] = {}
         self.skipped: list[str] = []
         from omnisdk.prepared import PreparedCache
@@ -134,7 +136,8 @@ class Pipeline:
 
         directory = self.out / "warmup"
         if not self._done(directory, "warmup"):
-            result = coma_warmup(base, dataset, directory, settings, show_progress=self.show_progress, cache=self.cache)
+            result = coma_warmup(base, dataset, directory, settings, show_progress=self.show_progress,
+                                 cache=self.cache, device=self.device)
             self.say(f"[warmup] coma, {result.steps} steps, loss {result.final_loss:.4f}, {result.seconds:.0f} s")
         return directory
 
@@ -148,7 +151,8 @@ class Pipeline:
         if not self._done(directory, "align"):
             if "adapter_learning_rate" in self.config.train and "learning_rate" not in self.config.align:
                 settings["learning_rate"] = self.config.train["adapter_learning_rate"]
-            result = align(base, dataset, directory, settings, show_progress=self.show_progress, cache=self.cache)
+            result = align(base, dataset, directory, settings, show_progress=self.show_progress,
+                           cache=self.cache, device=self.device)
             self.say(f"[align] {result.steps} steps, loss {result.final_loss:.4f}, {result.seconds:.0f} s")
         return directory
 
@@ -158,7 +162,7 @@ class Pipeline:
         directory = self.out / "specialists" / plugin
         if not self._done(directory, f"specialist:{plugin}"):
             result = train_specialist(base, plugin, dataset, directory, self.config.specialist_settings(plugin),
-                                      show_progress=self.show_progress, cache=self.cache)
+                                      show_progress=self.show_progress, cache=self.cache, device=self.device)
             self.say(f"[specialist:{plugin}] {result.steps} steps, loss {result.final_loss:.4f}, {result.seconds:.0f} s")
         return directory
 
@@ -185,7 +189,7 @@ class Pipeline:
         d = self.config.drift
         report = check_drift(specialists, fused, dataset, split=self.config.dev_split, threshold=d.threshold,
                              metric=d.metric, batch_size=self.config.eval_batch_size, show_progress=self.show_progress,
-                             cache=self.cache, precision=self.config.eval_precision)
+                             cache=self.cache, precision=self.config.eval_precision, device=resolve_device(self.device))
         path.write_text(json.dumps({"fused_fingerprint": fused_print, "report": report.model_dump()}, indent=2))
         (self.out / "drift.md").write_text(report.to_markdown() + "\n")
         self.say(report.to_markdown())
@@ -202,7 +206,7 @@ class Pipeline:
             directory = self.out / "recovered" / plugin
             if not self._done(directory, f"recover:{plugin}"):
                 result = recover(current, plugin, dataset, directory, self._settings(self.config.recovery),
-                                 show_progress=self.show_progress, cache=self.cache)
+                                 show_progress=self.show_progress, cache=self.cache, device=self.device)
                 self.say(f"[recover:{plugin}] {result.steps} steps, loss {result.final_loss:.4f}")
             current = directory
         if not chosen:
@@ -220,7 +224,7 @@ class Pipeline:
         directory = self.out / "rehearsed"
         if not self._done(directory, "rehearse"):
             rehearse(recovered, dataset, directory, self._settings(self.config.rehearsal),
-                     show_progress=self.show_progress, cache=self.cache)
+                     show_progress=self.show_progress, cache=self.cache, device=self.device)
         return directory
 
     def _joint(self, base: Path, dataset: Dataset) -> Path:
@@ -231,7 +235,8 @@ class Pipeline:
             settings = {**self.config.train, **self.config.joint}
             if "steps" not in self.config.joint and self.config.joint_matches_specialist_steps:
                 settings["steps"] = self._specialist_steps_total()
-            train_joint(base, dataset, directory, settings, show_progress=self.show_progress, cache=self.cache)
+            train_joint(base, dataset, directory, settings, show_progress=self.show_progress,
+                        cache=self.cache, device=self.device)
         return directory
 
     def _specialist_steps_total(self) -> int:
@@ -254,7 +259,8 @@ class Pipeline:
             if saved.model_fingerprint == fingerprint and saved.dataset_hash == dataset.content_hash():
                 self.skipped.append(f"eval:{name}")
                 return saved
-        model = OmniModel.load(directory, precision=self.config.eval_precision).use_cache(self.cache)
+        model = OmniModel.load(directory, device=resolve_device(self.device),
+                              precision=self.config.eval_precision).use_cache(self.cache)
         report = evaluate(model, dataset, split=self.config.eval_split, batch_size=self.config.eval_batch_size,
                           show_progress=self.show_progress, label=name)
         self.cache.flush()

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from omnisdk.errors import OmniError
-from omnisdk.precision import add_precision_argument
+from omnisdk.precision import add_compute_arguments, compute_from
 
 EXIT_ITEMS_FAILED = 3  # as omnisdk.cli: some files failed, the rest was done
 STORE_HELP = ("where the vectors live: a directory (Qdrant Edge, embedded; default ./.omnisdk), http(s)://HOST:PORT "
@@ -46,7 +46,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--error-log", type=Path, help="JSONL of this run's failures (default: in the store, or .omnisdk/)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    add_precision_argument(p)
+    add_compute_arguments(p)
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser(
@@ -68,7 +68,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="rank results of several modalities by the collection's per-modality score calibration, which "
                    "corrects the modality gap (default); --no-calibrate ranks by raw cosine similarity")
     p.add_argument("--json", action="store_true", help="print JSON")
-    add_precision_argument(p)
+    add_compute_arguments(p)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("collections", help="list a store's collections: points, dimension, model")
@@ -91,7 +91,7 @@ def cmd_index(args: argparse.Namespace) -> int:
             _refuse_early(meta, model_dir, args.collection, check_fingerprint)
         elif model_dir is None:
             raise OmniError(f"collection '{args.collection}' is new: say which model indexes it with --model DIR")
-        model = OmniModel.load(model_dir, precision=args.precision)
+        model = OmniModel.load(model_dir, **compute_from(args))
         indexer = Indexer(
             model, store, args.collection, model_dir=model_dir, batch_size=args.batch_size, error_log=args.error_log,
             progress=False if args.no_progress or args.json else None,
@@ -181,8 +181,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         query = Item.of_text(args.text)
     modalities = [m.strip() for raw in args.modality or [] for m in raw.split(",") if m.strip()] or None
     with open_store(args.store) as store:
-        searcher = Searcher(store, args.collection, model_dir=args.model, exact=args.exact, precision=args.precision,
-                            calibrate=args.calibrate)
+        searcher = Searcher(store, args.collection, model_dir=args.model, exact=args.exact, calibrate=args.calibrate,
+                            **compute_from(args))
         hits = searcher.search(query, limit=args.limit, modalities=modalities)
     if args.json:
         print(json.dumps({"collection": args.collection, "query": query.label(), "hits": [h.as_dict() for h in hits]}, indent=2))
