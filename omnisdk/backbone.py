@@ -8,6 +8,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, model_validator
 
+from omnisdk import vlm
 from omnisdk.errors import CheckpointError, UnsafeCheckpointError
 
 #: "compression": the mean of the CoMa compression tokens (omnisdk/compression.py) appended to every input.
@@ -56,12 +57,8 @@ def load_pretrained(source: str | Path, *, trust_remote_code: bool = False) -> t
     hub.check_local_dir(source, "backbone")
     try:
         config = AutoConfig.from_pretrained(str(source), trust_remote_code=trust_remote_code)
-        if getattr(config, "vision_config", None) is not None:  # checked before gigabytes of weights load
-            raise CheckpointError(
-                f"the backbone '{source}' is a vision-language model ({config.model_type}); omnisdk cannot use one "
-                "as the backbone yet. Pass a text model (an encoder, or a decoder LLM such as Qwen2 or Llama) as "
-                "--backbone, and a vision tower such as openai/clip-vit-base-patch32 as --image-encoder"
-            )
+        if vlm.is_vision_language(config):  # checked before gigabytes of weights load
+            vlm.check_supported(config, source)
         model = AutoModel.from_pretrained(
             str(source), use_safetensors=True, trust_remote_code=trust_remote_code, attn_implementation="sdpa"
         )
@@ -99,6 +96,8 @@ def is_decoder_only(config: Any) -> bool:
     )
 
     kind = config.model_type
+    if kind in vlm.SUPPORTED:  # a Qwen-VL's language model is a decoder LLM
+        return True
     if getattr(config, "is_encoder_decoder", False):
         return False
     return kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES

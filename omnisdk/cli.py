@@ -328,6 +328,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(manifest.model_dump_json(indent=2))
         return 0
     cfg = manifest.backbone.config
+    cfg = cfg.get("text_config") or cfg  # a vision-language backbone keeps its language model's sizes there
     lineage = manifest.lineage
     print(f"checkpoint   {args.model}")
     print(f"fingerprint  {manifest.fingerprint}")
@@ -353,6 +354,10 @@ def model_parts(manifest) -> list[list[str]]:
         if "tower" in cfg:
             kind = cfg.get("tower_kind", "timm")
             where = cfg.get("tower_source") or cfg.get("tower_weights") or "random init"
+            if kind == "backbone":  # a vision-language backbone's own tower: its weights came with the backbone's
+                rows.append([f"{plugin.name} tower", f"{cfg['tower']} (the backbone's own vision tower, shared)",
+                             spec.source or "random init"])
+                continue
             rows.append([f"{plugin.name} tower", f"{cfg['tower']} ({'transformers' if kind == 'hf' else 'timm'}, shared)", where])
         if "encoder" in cfg:
             hf = cfg["encoder"] == "hf"

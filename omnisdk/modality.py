@@ -108,11 +108,17 @@ class TokenEmbeddings:
 
     `framed` is True when the sequence already carries the backbone's special tokens (the text
     path tokenizes with them); otherwise the model adds them around the content.
+
+    A vision-language backbone positions image tokens by their patch grid (M-RoPE): `mm_types`
+    marks each token 0 text or 1 image, and `grids` lists, per row, the (t, h, w) patch grid of
+    each image in it, in order. Both are None for every other backbone.
     """
 
     embeds: torch.Tensor  # [batch, tokens, hidden]
     mask: torch.Tensor  # [batch, tokens], 1 for real tokens
     framed: bool = False
+    mm_types: torch.Tensor | None = None  # [batch, tokens]
+    grids: list[torch.Tensor] | None = None  # per row: [images, 3]
 
     @staticmethod
     def cat(parts: Sequence[TokenEmbeddings]) -> TokenEmbeddings:
@@ -126,7 +132,15 @@ class TokenEmbeddings:
         embeds = torch.gather(embeds, 1, order.unsqueeze(-1).expand_as(embeds))
         mask = torch.gather(mask, 1, order)
         width = int(mask.sum(dim=1).max().item()) if mask.numel() else 0
-        return TokenEmbeddings(embeds[:, :width], mask[:, :width], framed=any(p.framed for p in parts))
+        types, grids = None, None
+        if any(p.mm_types is not None for p in parts):
+            types = torch.cat([p.mm_types if p.mm_types is not None else torch.zeros_like(p.mask, dtype=torch.long)
+                               for p in parts], dim=1)
+            types = torch.gather(types.long(), 1, order)[:, :width]
+            with_grids = [p.grids for p in parts if p.grids is not None]
+            grids = [torch.cat([g[row] for g in with_grids]) for row in range(embeds.size(0))] if with_grids else None
+        return TokenEmbeddings(embeds[:, :width], mask[:, :width], framed=any(p.framed for p in parts),
+                               mm_types=types, grids=grids)
 
 
 class Runtime:
@@ -178,6 +192,10 @@ class BuildContext:
     hidden_size: int
     tokenizer: Any
     plugins: dict[str, ModalityPlugin]
+    #: the backbone module: a vision-language backbone's own vision tower serves the visual plugins.
+    backbone: Any = None
+    #: where the backbone's weights came from (a directory or hub id), None for a rebuilt checkpoint.
+    backbone_source: str | None = None
 
 
 class ModalityPlugin(ABC):

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from omnisdk import checkpoint as ckpt
-from omnisdk import compression
+from omnisdk import compression, vlm
 from omnisdk.backbone import BackboneSpec, Pooling, build_from_spec, load_pretrained, pool, spec_of, special_token_frame
 from omnisdk.backbone import decoder_setup, left_pad, restore_tokenizer
 from omnisdk.errors import ItemError, ItemErrors, ModalityDetectionError, OmniError
@@ -73,7 +73,9 @@ class OmniModel(nn.Module):
         # One fast tokenizer must not be used from two threads at once (a prefetch thread tokenises
         # text while the training thread embeds a page's text).
         self._tokenizer_lock = threading.RLock()
-        build = BuildContext(hidden_size=self.hidden_size, tokenizer=tokenizer, plugins=self.plugins)
+        self._vision_backbone = vlm.is_vision_backbone(backbone)
+        build = BuildContext(hidden_size=self.hidden_size, tokenizer=tokenizer, plugins=self.plugins,
+                             backbone=backbone, backbone_source=spec.source)
         self.adapters = nn.ModuleDict()
         for name, plugin in self.plugins.items():
             self.adapters[name] = plugin.build_adapter(build)
@@ -184,7 +186,7 @@ class OmniModel(nn.Module):
     # -- properties ---------------------------------------------------------------------------------
     @property
     def hidden_size(self) -> int:
-        return int(self.backbone.config.hidden_size)
+        return int(vlm.text_config(self.backbone.config).hidden_size)
 
     @property
     def dim(self) -> int:
@@ -295,9 +297,14 @@ class OmniModel(nn.Module):
             tokens, positions = compression.append(tokens, compression.tokens_of(self.backbone))
         elif self.spec.padding_side == "left":  # decoders: the pooled last token sits at the final position
             embeds, mask, position_ids = left_pad(tokens.embeds, tokens.mask)
+            if self._vision_backbone:  # the model's multimodal RoPE: image tokens by their patch grid
+                position_ids = vlm.rope_positions(self.backbone, vlm.left_padded_types(tokens), mask, tokens.grids)
             out = self.backbone(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids)
             return out.last_hidden_state, mask, None
-        out = self.backbone(inputs_embeds=tokens.embeds, attention_mask=tokens.mask)
+        extra = {}
+        if self._vision_backbone:
+            extra["position_ids"] = vlm.rope_positions(self.backbone, vlm.types_of(tokens), tokens.mask, tokens.grids)
+        out = self.backbone(inputs_embeds=tokens.embeds, attention_mask=tokens.mask, **extra)
         return out.last_hidden_state, tokens.mask, positions
 
     def embed_text_tokens(self, texts: Sequence[str], max_length: int | None = None) -> TokenEmbeddings:

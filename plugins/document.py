@@ -266,8 +266,13 @@ class DocumentAdapter(nn.Module):
         self._warned = False
 
     def forward(self, batch: dict, runtime: Runtime) -> TokenEmbeddings:
-        image = runtime.adapter("image").encode_pixels(batch["pixels"], token_grid=self.token_grid)
-        parts = [TokenEmbeddings(image, torch.ones(image.shape[:2], dtype=torch.long, device=image.device))]
+        tower = runtime.adapter("image")
+        if hasattr(tower, "pixel_tokens"):  # a vision-language backbone's tower: tokens with their patch grid
+            parts = [tower.pixel_tokens(batch["pixels"], token_grid=self.token_grid)]
+        else:
+            image = tower.encode_pixels(batch["pixels"], token_grid=self.token_grid)
+            parts = [TokenEmbeddings(image, torch.ones(image.shape[:2], dtype=torch.long, device=image.device))]
+        image = parts[0].embeds
         # The text gets what the image leaves of the backbone's sequence, so a page never overflows it.
         budget = runtime.content_budget("document")
         room = budget - image.size(1)

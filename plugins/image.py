@@ -16,6 +16,7 @@ from torch import nn
 
 from omnisdk.hookspecs import hookimpl
 from omnisdk.items import Item
+from omnisdk.vlm import is_vision_backbone
 from omnisdk.modality import (
     BuildContext,
     FusionSpec,
@@ -41,8 +42,9 @@ class ImageConfig(PluginConfig):
     #: openai/clip-vit-base-patch32) or a timm one (`timm:NAME`, `hf-hub:ORG/NAME`, a timm name).
     #: Read once, when the base model is created; see omnisdk.plugins.image_tower.
     tower_source: str | None = None
-    #: which library the tower comes from; set from tower_source on first build.
-    tower_kind: Literal["timm", "hf"] = "timm"
+    #: which library the tower comes from; set from tower_source on first build. "backbone": a
+    #: vision-language backbone's own tower (omnisdk.plugins.image_vlm), chosen when there is no tower_source.
+    tower_kind: Literal["timm", "hf", "backbone"] = "timm"
     #: recorded on first build from tower_source, so the manifest rebuilds the tower without it.
     tower_resolved: bool = False
     hf_config: dict[str, Any] | None = None
@@ -56,6 +58,9 @@ class ImageConfig(PluginConfig):
     token_grid: int | None = None
     #: images with more pixels are refused before decoding (decompression-bomb guard).
     max_pixels: int = 64_000_000
+    #: with a vision-language backbone: most pixels an image is resized to (Qwen2-VL: 784 per token), and
+    #: the square that pages and video frames are letterboxed into.
+    vlm_max_pixels: int = 448 * 448
 
 
 def load_image(source: Path | Any, max_pixels: int):
@@ -196,6 +201,8 @@ class ImagePlugin(ModalityPlugin):
         loaded, ok, errors = run_per_item(items, load)
         if not loaded:
             return Prepared(batch=None, ok=ok, errors=errors)
+        if hasattr(adapter, "prepare_images"):  # a vision-language backbone's processor: patches and grids
+            return Prepared(batch=adapter.prepare_images(loaded), ok=ok, errors=errors)
         if adapter.processor is not None:
             pixels = adapter.processor(images=loaded, return_tensors="pt")["pixel_values"].float()
         else:
@@ -205,6 +212,11 @@ class ImagePlugin(ModalityPlugin):
     def build_adapter(self, ctx: BuildContext) -> nn.Module:
         if self.config.tower_source and not self.config.tower_resolved:
             return self._adapter_from_source(ctx.hidden_size)
+        if self.config.tower_kind == "backbone" or (not self.config.tower_source and is_vision_backbone(ctx.backbone)):
+            from omnisdk.plugins import image_vlm
+
+            adapter, self.config = image_vlm.build(self.config, ctx)
+            return adapter
         return ImageAdapter(self.config, ctx.hidden_size)
 
     def _adapter_from_source(self, hidden_size: int) -> nn.Module:

@@ -292,7 +292,10 @@ class VideoAdapter(nn.Module):
         videos, count = frames.shape[:2]
         if count > self.temporal.size(0):
             raise ValueError(f"a batch has {count} frames per video, the temporal table only {self.temporal.size(0)}")
-        tokens = runtime.adapter("image").encode_pixels(frames.flatten(0, 1), token_grid=self.frame_token_grid)
+        tower = runtime.adapter("image")
+        if hasattr(tower, "pixel_tokens"):
+            return self._frames_as_images(tower, frames, runtime)
+        tokens = tower.encode_pixels(frames.flatten(0, 1), token_grid=self.frame_token_grid)
         per_frame, hidden = tokens.shape[1:]
         if count * per_frame > runtime.max_length - 2:
             raise ValueError(
@@ -302,6 +305,22 @@ class VideoAdapter(nn.Module):
         tokens = tokens.view(videos, count, per_frame, hidden) + self.temporal[:count].view(1, count, 1, hidden)
         embeds = tokens.reshape(videos, count * per_frame, hidden)
         return TokenEmbeddings(embeds, torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device))
+
+    def _frames_as_images(self, tower: nn.Module, frames: torch.Tensor, runtime: Runtime) -> TokenEmbeddings:
+        """A vision-language backbone: each frame is an image of its own (start, patches, end, M-RoPE grid),
+        in time order, plus the frame's learned position; the tower's temporal patches are not used."""
+        videos, count = frames.shape[:2]
+        part = tower.pixel_tokens(frames.flatten(0, 1), token_grid=self.frame_token_grid)
+        per_frame, hidden = part.embeds.shape[1:]  # frames share a size: every frame has the same count
+        if count * per_frame > runtime.content_budget("video"):
+            raise ValueError(
+                f"{count} frames x {per_frame} tokens = {count * per_frame} tokens exceed what the backbone's "
+                f"max_length {runtime.max_length} leaves for content: lower num_frames or frame_token_grid"
+            )
+        embeds = part.embeds.view(videos, count, per_frame, hidden) + self.temporal[:count].view(1, count, 1, hidden)
+        grids = [torch.cat(part.grids[v * count : (v + 1) * count]) for v in range(videos)]
+        return TokenEmbeddings(embeds.reshape(videos, count * per_frame, hidden), part.mask.reshape(videos, -1),
+                               mm_types=part.mm_types.reshape(videos, -1), grids=grids)
 
 
 class VideoPlugin(ModalityPlugin):

@@ -150,17 +150,33 @@ def decoder_llm(directory: Path, model_type: str = "qwen2") -> Path:
     return directory
 
 
-def qwen2_vl(directory: Path) -> Path:
-    """A tiny random Qwen2-VL (language model and vision tower) with the offline BPE tokenizer."""
-    from transformers import AutoTokenizer, Qwen2VLConfig, Qwen2VLForConditionalGeneration
+def qwen2_vl(directory: Path, model_type: str = "qwen2_vl") -> Path:
+    """A tiny random Qwen2-VL or Qwen2.5-VL (language model and vision tower), its image processor and a tokenizer
+    holding the vision special tokens (<|vision_start|>, <|image_pad|>, ...), as the hub checkpoints do."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer, Qwen2VLImageProcessor
 
     from omnisdk.tokenizer_builder import build_bpe_tokenizer
 
     build_bpe_tokenizer(directory)
-    vocab = len(AutoTokenizer.from_pretrained(str(directory)))
+    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    tokenizer.add_special_tokens({"additional_special_tokens": list(VISION_TOKENS.values())})
+    tokenizer.save_pretrained(str(directory))
+    ids = {f"{name}_id": tokenizer.convert_tokens_to_ids(token) for name, token in VISION_TOKENS.items()}
     torch.manual_seed(SEED)
-    text = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-                num_key_value_heads=2, rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]})
+    text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                num_key_value_heads=2, rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]},
+                eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
     vision = dict(depth=1, embed_dim=16, hidden_size=32, num_heads=2, patch_size=4, spatial_merge_size=2, temporal_patch_size=2)
-    Qwen2VLForConditionalGeneration(Qwen2VLConfig(text_config=text, vision_config=vision)).save_pretrained(str(directory))
+    if model_type == "qwen2_5_vl":  # its tower has an MLP width, window attention and an output width of its own
+        vision = dict(depth=2, hidden_size=16, intermediate_size=32, out_hidden_size=32, num_heads=2, patch_size=4,
+                      spatial_merge_size=2, temporal_patch_size=2, window_size=16, fullatt_block_indexes=[1])
+    config = AutoConfig.for_model(model_type, text_config=text, vision_config=vision, **ids)
+    AutoModel.from_config(config).save_pretrained(str(directory))
+    # Pixels bounds of a few merged patches: test images give 4 to 64 image tokens.
+    Qwen2VLImageProcessor(patch_size=4, merge_size=2, temporal_patch_size=2,
+                          size={"shortest_edge": 8 * 8, "longest_edge": 64 * 64}).save_pretrained(str(directory))
     return directory
+
+
+VISION_TOKENS = {"vision_start_token": "<|vision_start|>", "vision_end_token": "<|vision_end|>",
+                 "image_token": "<|image_pad|>", "video_token": "<|video_pad|>"}

@@ -223,12 +223,6 @@ def test_decoder_backbone_pools_an_appended_end_token_with_left_padding(sources,
     np.testing.assert_allclose(again.encode(texts + [MEDIA / "red-circle.png"]), together, atol=1e-6)
 
 
-def test_a_vision_language_backbone_is_refused_with_what_to_do_instead(tmp_path):
-    source = parts.qwen2_vl(tmp_path / "qwen2-vl")
-    with pytest.raises(CheckpointError, match="is a vision-language model \\(qwen2_vl\\).*--image-encoder"):
-        build_base("tiny", modalities=["text"], backbone=str(source))
-
-
 def test_last_token_pooling_reads_the_last_real_token_on_either_side():
     from omnisdk.backbone import pool
 
