@@ -1,8 +1,9 @@
 """Dev-split study for the `small` preset's alignment stage: which vision tower and settings learn fastest.
 
 For each variant, build the small preset's base (MiniLM backbone, fresh towers) with the variant's
-image-plugin settings, run `align` for a fixed number of steps on image pairs only (batch, learning
-rate as given), and score t2i / i2t / digit_cls on the **dev** split. Wall time includes preparing
+image- (or audio-) plugin settings, run `align` for a fixed number of steps on that modality's pairs
+only (batch, learning rate as given), and score t2i / i2t / digit_cls (t2a / a2t / sound_cls) on the
+**dev** split. Wall time includes preparing
 the inputs once (the prepared-input cache). Used to choose the preset; never looks at test.
 
     python scripts/align_study.py --data runs/ow-small --steps 150 --out runs/align-study.json
@@ -26,6 +27,8 @@ VARIANTS = {
     "resnet10t-64": {"tower": "resnet10t", "tower_kwargs": {}, "image_size": 64, "token_grid": 2},
     "resnet10t-64-gn": {"tower": "resnet10t", "tower_kwargs": {"norm_layer": "groupnorm1"}, "image_size": 64, "token_grid": 2},
     "resnet10t-96-gn": {"tower": "resnet10t", "tower_kwargs": {"norm_layer": "groupnorm1"}, "image_size": 96, "token_grid": 3},
+    # audio: the small preset's built-in log-mel transformer encoder
+    "audio-builtin": {"encoder": "builtin"},
     "vit6-64": {"tower": "vit_tiny_patch16_224", "tower_kwargs": {"depth": 6}, "image_size": 64, "token_grid": 4},
     "vit6p8-64": {"tower": "vit_tiny_patch16_224", "tower_kwargs": {"depth": 6, "patch_size": 8}, "image_size": 64, "token_grid": 4},
 }
@@ -54,16 +57,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="align-study-") as tmp:
         for name in args.variants.split(","):
             base = Path(tmp) / name / "base"
-            build_base("small", modalities=["text", "image"], overrides={"image": VARIANTS[name]}).save(base)
+            modality = "audio" if name.startswith("audio") else "image"
+            build_base("small", modalities=["text", modality], overrides={modality: VARIANTS[name]}).save(base)
             started = time.perf_counter()
             result = align(base, dataset, Path(tmp) / name / "aligned",
                            {"steps": args.steps, "batch_size": args.batch_size, "learning_rate": args.lr,
                             "precision": "bf16", "hard_negatives": args.hard_negatives,
-                            "frozen_dropout": args.frozen_dropout, "quotas": {"image": 1.0}, "checkpoint_every": 10_000},
+                            "frozen_dropout": args.frozen_dropout, "quotas": {modality: 1.0}, "checkpoint_every": 10_000},
                            show_progress=False, cache=Path(tmp) / "cache")
             seconds = time.perf_counter() - started
             model = OmniModel.load(Path(tmp) / name / "aligned").use_cache(Path(tmp) / "cache")
-            report = evaluate(model, dataset, split="dev", tasks=["t2i", "i2t", "digit_cls"], show_progress=False)
+            tasks = ["t2a", "a2t", "sound_cls"] if modality == "audio" else ["t2i", "i2t", "digit_cls"]
+            report = evaluate(model, dataset, split="dev", tasks=tasks, show_progress=False)
             metrics = {t.task: {"hit@1": t.metrics["hit@1"], "ndcg@10": t.metrics["ndcg@10"]} for t in report.tasks}
             results[name] = {"seconds": round(seconds, 1), "train_seconds": result.seconds, "final_loss": result.final_loss,
                              "dev": metrics}
