@@ -246,3 +246,19 @@ def test_negatives_across_two_gloo_ranks_equal_one_process_on_the_whole_batch(tm
     # a rank alone (its own three pairs) would see another loss: the gather matters
     local = info_nce(q[:3], p[:3], 0.1, h[:3].unsqueeze(1), mask[:3].unsqueeze(1))
     assert abs(local.item() - loss.item()) > 1e-3
+
+
+def test_plugin_learning_rates_give_a_plugin_its_own_step(world, tmp_path):
+    from omnisdk.model import OmniModel
+    from omnisdk.trainers.contrastive import ContrastiveTrainer
+
+    pool = PairPool.from_dataset(load_dataset(world["data"]), modalities=["image", "audio"])
+    model = OmniModel.load(world["base"])
+    config = TrainConfig(**FAST, steps=1, learning_rate=1e-5, adapter_learning_rate=1e-3,
+                         plugin_learning_rates={"audio": 2e-4})
+    trainer = ContrastiveTrainer(model, pool, config, tmp_path / "run", show_progress=False)
+    rate_of = {id(p): g["lr"] for g in trainer.optimizer.param_groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    rates = {prefix: {rate_of[id(p)] for n, p in named.items() if n.startswith(prefix)}
+             for prefix in ("backbone.", "adapters.image.", "adapters.audio.")}
+    assert rates == {"backbone.": {1e-5}, "adapters.image.": {1e-3}, "adapters.audio.": {2e-4}}

@@ -41,6 +41,9 @@ class TrainConfig(BaseModel):
     #: learning rate of adapter parameters (towers, projectors); None: learning_rate. Freshly
     #: initialised towers need a larger step than a pretrained backbone.
     adapter_learning_rate: float | None = Field(None, gt=0)
+    #: plugin -> learning rate of that plugin's adapter, over adapter_learning_rate (a transformer
+    #: encoder trained from scratch may want a smaller step than a convolutional tower).
+    plugin_learning_rates: dict[str, float] | None = None
     weight_decay: float = 0.01
     warmup_ratio: float = Field(0.1, ge=0, le=1)
     max_grad_norm: float | None = 1.0

@@ -101,13 +101,19 @@ class ContrastiveTrainer:
         return chosen
 
     def _param_groups(self, trained: dict[str, torch.nn.Parameter]) -> list[dict[str, Any]]:
-        """One group, or two when adapters get their own learning rate (backbone and temperature, adapters)."""
-        rate = self.config.adapter_learning_rate
-        if rate is None:
+        """Backbone and temperature at `learning_rate`; adapters at `adapter_learning_rate`, except the
+        plugins that `plugin_learning_rates` names, each in its own group."""
+        adapter_rate = self.config.adapter_learning_rate
+        per_plugin = self.config.plugin_learning_rates or {}
+        if adapter_rate is None and not per_plugin:
             return [{"params": list(trained.values())}]
-        adapters = [p for n, p in trained.items() if n.startswith("adapters.")]
-        others = [p for n, p in trained.items() if not n.startswith("adapters.")]
-        return [g for g in ({"params": others}, {"params": adapters, "lr": rate}) if g["params"]]
+        groups: dict[str, list[torch.nn.Parameter]] = {}
+        for name, p in trained.items():
+            plugin = name.split(".")[1] if name.startswith("adapters.") else None
+            key = plugin if plugin in per_plugin else ("adapters" if plugin else "others")
+            groups.setdefault(key, []).append(p)
+        rates = {"others": self.config.learning_rate, "adapters": adapter_rate or self.config.learning_rate, **per_plugin}
+        return [{"params": groups[k], "lr": rates[k]} for k in sorted(groups, key=lambda k: (k != "others", k))]
 
     # -- the loop -------------------------------------------------------------------------------------
     def train(self) -> TrainResult:
