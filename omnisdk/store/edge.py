@@ -170,12 +170,14 @@ class EdgeStore:
             self._shard(collection).update(_edge().UpdateOperation.set_payload(list(ids), payload))
 
     def query(
-        self, collection: str, vector: Any, limit: int = 10, modalities: Sequence[str] | None = None, *, exact: bool = False
+        self, collection: str, vector: Any, limit: int = 10, modalities: Sequence[str] | None = None, *, exact: bool = False,
+        fields: Sequence[str] | None = None,
     ) -> list[Hit]:
         edge = _edge()
         request = edge.QueryRequest(
             limit=int(limit), query=edge.Query.Nearest(_as_list(vector)), filter=_modality_filter(modalities),
-            with_payload=True, params=edge.SearchParams(exact=True) if exact else None,
+            with_payload=True if fields is None else edge.PayloadSelector.Include(list(fields)),
+            params=edge.SearchParams(exact=True) if exact else None,
         )
         return [Hit(str(p.id), float(p.score), p.payload or {}) for p in self._shard(collection).query(request)]
 
