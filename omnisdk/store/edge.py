@@ -199,7 +199,13 @@ class EdgeStore:
 
     def count(self, collection: str, modalities: Sequence[str] | None = None) -> int:
         edge = _edge()
-        return int(self._shard(collection).count(edge.CountRequest(exact=True, filter=_modality_filter(modalities))))
+        shard = self._shard(collection)
+        if not modalities:
+            # The shard's own tally: microseconds, where an exact count walks every point (6 ms at 100k,
+            # paid by every search). It equals the exact count after upserts, re-upserts, deletes and
+            # optimize (tests/test_store.py), as Edge applies each update whole before returning.
+            return int(shard.info().points_count)
+        return int(shard.count(edge.CountRequest(exact=True, filter=_modality_filter(modalities))))
 
     def flush(self, collection: str) -> None:
         if collection in self._shards:
