@@ -26,8 +26,8 @@ class MemoEncoder:
         self.model, self.cache = model, {}
         self.name, self.fingerprint = getattr(model, "name", "model"), getattr(model, "fingerprint", None)
 
-    def encode(self, items, *, role=None, return_errors=False, **kwargs):
-        items = list(items)
+    def encode(self, items, *, role=None, return_errors=False, errors=None, **kwargs):
+        items = list(items)  # `errors`: the runner's; failed items come back as non-finite rows either way
         keys = [(role, i.modality, i.text, str(i.path), repr(i.locator)) for i in items]
         todo = [k for k in dict.fromkeys(keys) if k not in self.cache]
         if todo:

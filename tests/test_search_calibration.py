@@ -131,3 +131,46 @@ def test_statistics_of_another_collection_size_are_not_used(model, collection):
     # a filter naming a modality the collection lacks still calibrates the others
     hits = Searcher(store, "mixed", model).search_vector(query, limit=5, modalities=["text", "image", "video"])
     assert {h.modality for h in hits} <= {"text", "image"} and hits[0].calibrated is not None
+
+
+def _reference_top(query: np.ndarray, points, calibration, limit: int) -> list[tuple[str, float]]:
+    """(id, calibrated) best first, the straightforward way: every point scored, each modality's
+    statistics applied by their definition (mean q.mu, variance q'Cq with C = sum v_k c_k c_k' +
+    residual on the rest), sorted."""
+    zs = []
+    for p in points:
+        stats = calibration.modalities[p.payload["modality"]]
+        mean, components, variances = (a.astype(np.float64) for a in stats.arrays(calibration.dim))
+        q = query.astype(np.float64)
+        along = components @ q
+        variance = float(variances @ along**2 + stats.residual * max(q @ q - along @ along, 0.0))
+        raw = float(np.asarray(p.vector, np.float64) @ q)
+        zs.append((p.id, (raw - q @ mean) / max(np.sqrt(max(variance, 0.0)), 1e-4)))
+    return sorted(zs, key=lambda row: -row[1])[:limit]
+
+
+@pytest.mark.parametrize("backend", ["edge", "memory"])
+def test_calibrated_search_equals_scoring_every_point_by_the_definition(model, tmp_path, backend):
+    """Exact on both stores, with full payloads, whether or not the wide query needs per-modality fetches."""
+    store = open_store(tmp_path / "store" if backend == "edge" else ":memory:")
+    ensure_collection(store, "mixed", dim=model.dim, fingerprint=model.fingerprint)
+    points, centres = _gapped_points(model.dim, n_per=150, seed=3)
+    for i, p in enumerate(points):
+        p.payload.update({"locator": {"page": i % 7 + 1}, "sha256": f"{i:064x}"})
+    store.upsert("mixed", points)
+    calibration = refresh_calibration(store, "mixed")
+    by_id = {p.id: p for p in points}
+    searcher = Searcher(store, "mixed", model)
+    rng = np.random.default_rng(4)
+    for i in range(6):  # queries near one modality's cluster (a gap: fetches needed) and random ones
+        centre = centres[("text", "image", "audio")[i % 3]] if i < 3 else np.zeros(model.dim)
+        query = (centre * 3 + rng.standard_normal(model.dim)).astype(np.float32)
+        query /= np.linalg.norm(query)
+        for limit in (1, 10, 25):
+            hits = searcher.search_vector(query, limit=limit)
+            reference = _reference_top(query, points, calibration, limit)
+            assert [h.id for h in hits] == [pid for pid, _ in reference], (i, limit)
+            assert np.allclose([h.calibrated for h in hits], [z for _, z in reference], atol=1e-4)
+            assert all(h.payload == by_id[h.id].payload for h in hits)  # the whole payload, not only the modality
+            assert all(abs(h.score - float(np.asarray(by_id[h.id].vector) @ query)) < 1e-4 for h in hits)
+    store.close()

@@ -201,3 +201,39 @@ def test_unreachable_server_is_one_clear_error():
             store.collection_exists("c")
     finally:
         store.close()
+
+
+def test_edge_count_is_exact_through_updates_deletes_and_optimize(tmp_path):
+    """EdgeStore.count reads the shard's tally (not an exact walk): it must still count every live point."""
+    rng = np.random.default_rng(7)
+    ids = [str(uuid.uuid4()) for _ in range(12_000)]
+    live: set[str] = set()
+
+    def put(rows) -> None:
+        store.upsert("c", (StoredPoint(ids[i], rng.standard_normal(8).tolist(), {"modality": "text", "source": f"s{i % 50}"})
+                           for i in rows), batch_size=500)
+        live.update(ids[i] for i in rows)
+
+    def exact() -> int:
+        import qdrant_edge
+
+        return int(store._shard("c").count(qdrant_edge.CountRequest(exact=True)))
+
+    store = EdgeStore(tmp_path / "s")
+    store.create_collection("c", CollectionMeta(dim=8, fingerprint=FP))
+    put(range(8000))
+    store.optimize("c")  # sealed segments: a re-upsert below moves points between segments
+    put(range(4000, 12_000))
+    store.delete("c", ids[1000:3000])
+    live -= set(ids[1000:3000])
+    assert store.count("c") == exact() == len(live)
+    store.delete_by_source("c", ["s3", "s4"])
+    live -= {ids[i] for i in range(12_000) if i % 50 in (3, 4)}
+    put(range(0, 12_000, 7))
+    store.optimize("c")
+    assert store.count("c") == exact() == len(live)
+    store.close()
+    store = EdgeStore(tmp_path / "s")
+    assert store.count("c") == exact() == len(live)
+    assert store.count("c", ["text"]) == len(live) and store.count("c", ["image"]) == 0
+    store.close()

@@ -50,6 +50,11 @@ class TrainConfig(BaseModel):
     temperature: float = Field(0.05, gt=0)
     learn_temperature: bool = False
     hard_negatives: int = Field(1, ge=0)  # per pair, from train.jsonl; 0 uses in-batch negatives only
+    #: per pair, items of other modalities than its positive, drawn from the pool's positives (issue 16:
+    #: a mixed index ranks by modality unless training sets modalities against each other); 0: none.
+    cross_modal_negatives: int = Field(0, ge=0)
+    #: also draw them from the pool's queries (read as documents): a text -> image pair then meets texts
+    cross_modal_queries: bool = False
     symmetric: bool = True
     seed: int = 0
     #: fnmatch globs over full parameter names; only matching parameters train. None: the stage decides.

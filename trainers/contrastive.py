@@ -26,8 +26,8 @@ import torch
 from omnisdk.errors import OmniError
 from omnisdk.trainers import state as run_state
 from omnisdk.trainers.config import TrainConfig
-from omnisdk.trainers.data import BatchSchedule, PairPool
 from omnisdk.precision import default_precision
+from omnisdk.trainers.data import BatchSchedule, CrossModalNegatives, PairPool
 from omnisdk.trainers.distributed import World, average_gradients, average_scalar, barrier, gather_rows, gradient_scale
 from omnisdk.trainers.embedding import PreparedItems, embed_prepared, prepare_items
 from omnisdk.trainers.losses import contrastive_loss
@@ -78,6 +78,8 @@ class ContrastiveTrainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(config))
         self.schedule = BatchSchedule(pool, config.batch_size, config.seed, config.quotas, self.world.size,
                                       by_modality=config.modality_batches)
+        self.cross_modal = (CrossModalNegatives(pool, config.cross_modal_negatives, config.seed, config.cross_modal_queries)
+                            if config.cross_modal_negatives else None)
 
     # -- which parameters train ---------------------------------------------------------------------
     def _select_trainable(self) -> dict[str, torch.nn.Parameter]:
@@ -175,15 +177,20 @@ class ContrastiveTrainer:
             if params and module.training and not any(id(p) in trained for p in params):
                 module.eval()
 
-    def _prepare_micro_batch(self, number: int) -> tuple[list, PreparedItems, PreparedItems, PreparedItems | None]:
-        """Micro-batch `number`'s pairs, with queries, positives and hard negatives prepared for the model."""
+    def _prepare_micro_batch(self, number: int) -> tuple[list, PreparedItems, PreparedItems, PreparedItems | None, list[int]]:
+        """Micro-batch `number`'s pairs, with queries, positives and hard negatives prepared for the
+        model, and how many negatives each pair has (its mined ones, then its cross-modal ones)."""
         batch = self.schedule.batch(number, self.world.rank)
         h = self.config.hard_negatives
-        negatives = [ex.negatives[k] for ex in batch for k in range(min(h, len(ex.negatives)))]
+        per_pair = [ex.negatives[:h] for ex in batch]
+        if self.cross_modal is not None:
+            per_pair = [own + extra for own, extra in zip(per_pair, self.cross_modal.draw(batch, number, self.world.rank))]
+        negatives = [item for items in per_pair for item in items]
         return (batch,
                 prepare_items(self.model, [ex.query for ex in batch], "query"),
                 prepare_items(self.model, [ex.positive for ex in batch], "document"),
-                prepare_items(self.model, negatives, "document") if negatives else None)
+                prepare_items(self.model, negatives, "document") if negatives else None,
+                [len(items) for items in per_pair])
 
     def _warm_cache(self) -> None:
         """Prepare every item of the pool once, before the first step (no-op without a cache)."""
@@ -198,13 +205,15 @@ class ContrastiveTrainer:
                 items.append((ex.query, "query"))
                 items.append((ex.positive, "document"))
                 items += [(neg, "document") for neg in ex.negatives[:h]]
+        if self.cross_modal is not None:  # every item a cross-modal draw can return, as a document
+            items += [(item, "document") for item in self.cross_modal.items()]
         show = False if self.show_progress is False or not self.world.is_main else self.show_progress
         counts = warm_cache(self.model, items, show_progress=show)
         log.info("prepared-input cache: %s", counts)
 
     def _micro_step(self, prepared) -> tuple[torch.Tensor, int, int]:
         """Loss of one micro-batch; pairs whose query or positive cannot be read are left out."""
-        batch, q_items, p_items, n_items = prepared
+        batch, q_items, p_items, n_items, counts = prepared
         with self._autocast():
             queries, q_ok, q_err = embed_prepared(self.model, q_items, "query")
             positives, p_ok, p_err = embed_prepared(self.model, p_items, "document")
@@ -214,7 +223,7 @@ class ContrastiveTrainer:
                 log.warning("training item skipped: %s", cause)
         keep = q_ok & p_ok
         local_kept = int(keep.sum())
-        hard, mask = self._hard_negative_tensor(batch, negatives, n_ok)
+        hard, mask = self._hard_negative_tensor(counts, negatives, n_ok)
         if self._gathers:  # every rank's pairs: the other ranks' positives become negatives too
             queries, positives, keep = (gather_rows(t, self.world) for t in (queries, positives, keep))
             if hard is not None:
@@ -232,22 +241,21 @@ class ContrastiveTrainer:
     def _gathers(self) -> bool:
         return self.world.size > 1 and self.config.cross_rank_negatives
 
-    def _hard_negative_tensor(self, batch, negatives, n_ok):
-        """(N, H, D) hard negatives per pair and their (N, H) mask; zeros where a pair has fewer than H.
+    def _hard_negative_tensor(self, counts: list[int], negatives, n_ok):
+        """[pairs, H, dim] negatives and their [pairs, H] mask (False pads a pair with fewer than H).
 
         Gathering across ranks needs the same shapes everywhere, so a batch without any negative
         still gets an all-masked tensor then."""
-        h = self.config.hard_negatives
+        h = self.config.hard_negatives + self.config.cross_modal_negatives
         if h == 0 or (negatives is None and not self._gathers):
             return None, None
         device = self.model.device
-        hard = torch.zeros(len(batch), h, self.model.dim, device=device)
-        mask = torch.zeros(len(batch), h, dtype=torch.bool, device=device)
+        hard = torch.zeros(len(counts), h, self.model.dim, device=device)
+        mask = torch.zeros(len(counts), h, dtype=torch.bool, device=device)
         if negatives is None:
             return hard, mask
         cursor = 0
-        for i, ex in enumerate(batch):
-            n = min(h, len(ex.negatives))
+        for i, n in enumerate(counts):
             if n:
                 hard[i, :n] = negatives[cursor:cursor + n]
                 mask[i, :n] = n_ok[cursor:cursor + n]

@@ -13,6 +13,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from omnisdk.datasets.format import Dataset, TrainExample
+from omnisdk.items import Item
 from omnisdk.errors import OmniError
 
 
@@ -152,3 +153,61 @@ def modality_mix(batch: Sequence[TrainExample]) -> dict[str, int]:
     for example in batch:
         mix[pair_modality(example)] = mix.get(pair_modality(example), 0) + 1
     return mix
+
+
+def _item_key(item: Item) -> tuple:
+    """What makes two items the same input (Item is unhashable; `data` and `meta` never name a file)."""
+    return item.modality, item.text, str(item.path) if item.path else None, repr(item.locator)
+
+
+class CrossModalNegatives:
+    """Hard negatives of other modalities than each pair's positive (issue 16: the modality gap).
+
+    The candidates are the pool's positives (and, with `queries`, its queries, read as documents)
+    grouped by modality: a text -> image pair draws audio, video, document items (and text, with
+    `queries`), so the loss sees items the pair's positive must outrank although they are of
+    another modality, where in-batch and mined negatives are of the positive's own. The draw is a
+    pure function of (seed, micro-batch number, rank, position in the batch); items equal to the
+    pair's own query or positive are never drawn.
+    """
+
+    def __init__(self, pool: PairPool, count: int, seed: int, queries: bool = False):
+        self.count, self.seed = count, seed
+        seen: set[tuple] = set()
+        self.by_modality: dict[str, list[Item]] = {}
+        sides = ("positive", "query") if queries else ("positive",)
+        for examples in pool.by_modality.values():
+            for ex in examples:
+                for item in (getattr(ex, side) for side in sides):
+                    key = _item_key(item)
+                    if key not in seen:
+                        seen.add(key)
+                        self.by_modality.setdefault(item.modality or "", []).append(item)
+
+    def items(self) -> list[Item]:
+        """Every item a draw can return (to prepare them all before training)."""
+        return [item for group in self.by_modality.values() for item in group]
+
+    def draw(self, batch: Sequence[TrainExample], number: int, rank: int = 0) -> list[list[Item]]:
+        """`count` (or as many as exist) other-modality items per pair of micro-batch `number`."""
+        digest = hashlib.sha256(f"{self.seed}:cross-modal:{number}:{rank}".encode()).digest()
+        rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+        out = []
+        for ex in batch:
+            candidates = self._candidates(ex.positive.modality or "")
+            excluded = {_item_key(ex.query), _item_key(ex.positive)}
+            picked: list[Item] = []
+            for index in rng.permutation(len(candidates)) if candidates else ():
+                if _item_key(candidates[index]) not in excluded:
+                    picked.append(candidates[index])
+                    if len(picked) == self.count:
+                        break
+            out.append(picked)
+        return out
+
+    def _candidates(self, own: str) -> list[Item]:
+        """Every item of a modality other than `own`, in pool order (built once per modality)."""
+        cache = self.__dict__.setdefault("_by_own", {})
+        if own not in cache:
+            cache[own] = [item for m, group in self.by_modality.items() if m != own for item in group]
+        return cache[own]

@@ -78,22 +78,34 @@ class Calibration(BaseModel):
     def affine(self, queries: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """modality -> (offset [n], scale [n]) so that calibrated = (raw - offset) / scale."""
         q = np.asarray(queries, dtype=np.float32).reshape(-1, self.dim)
-        out = {}
-        for name, (mean, components, variances, residual) in self._unpacked.items():
-            offset = q @ mean
-            if self.method == "center":
-                out[name] = (offset, np.ones_like(offset))
-                continue
-            along = (q @ components.T) ** 2 if len(variances) else np.zeros((len(q), 0), np.float32)
-            rest = np.maximum((q * q).sum(axis=1) - along.sum(axis=1), 0.0)
-            variance = along @ variances + residual * rest
-            out[name] = (offset, np.maximum(np.sqrt(np.maximum(variance, 0.0)), MIN_SPREAD))
-        return out
+        names, means, components, variances, residual = self._stacked
+        offset = q @ means.T  # [n, modalities]
+        if self.method == "center":
+            scale = np.ones_like(offset)
+        else:
+            # every modality's directions in one product: per-modality products on arrays this small
+            # cost more in numpy's call overhead than in arithmetic (search calls this on every query)
+            along = ((q @ components.T) ** 2).reshape(len(q), len(names), -1)  # [n, modalities, rank]
+            rest = np.maximum((q * q).sum(axis=1)[:, None] - along.sum(axis=2), 0.0)
+            variance = (along * variances).sum(axis=2) + residual * rest
+            scale = np.maximum(np.sqrt(np.maximum(variance, 0.0)), MIN_SPREAD)
+        return {name: (offset[:, i], scale[:, i]) for i, name in enumerate(names)}
 
     @cached_property
-    def _unpacked(self) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, float]]:
-        """Decoded once per object: search calls `affine` on every query."""
-        return {name: (*stats.arrays(self.dim), stats.residual) for name, stats in self.modalities.items()}
+    def _stacked(self) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Decoded once per object, every modality stacked: names, means [m, dim], components
+        [m * rank, dim], variances [m, rank], residuals [m]. A modality of lower rank is padded
+        with zero directions of zero variance, which add nothing."""
+        names = list(self.modalities)
+        arrays = [stats.arrays(self.dim) for stats in self.modalities.values()]
+        rank = max((len(v) for _, _, v in arrays), default=0)
+        components = np.zeros((len(names), rank, self.dim), np.float32)
+        variances = np.zeros((len(names), rank), np.float32)
+        for i, (_, comps, var) in enumerate(arrays):
+            components[i, : len(var)], variances[i, : len(var)] = comps, var
+        means = np.stack([mean for mean, _, _ in arrays]) if names else np.zeros((0, self.dim), np.float32)
+        residual = np.array([stats.residual for stats in self.modalities.values()], np.float32)
+        return names, means, components.reshape(-1, self.dim), variances, residual
 
     def apply(self, queries: np.ndarray, scores: np.ndarray, modalities: Sequence[str]) -> np.ndarray:
         """Calibrated [n, m] scores of `queries` [n, dim] against items of `modalities` (raw `scores` [n, m]).
@@ -150,14 +162,20 @@ def modality_stats(mean: np.ndarray, second: np.ndarray, count: int, rank: int =
 
 
 def merge_top(per_modality: Mapping[str, Sequence[tuple[float, object]]], queries: np.ndarray,
-              calibration: Calibration, limit: int) -> list[tuple[float, float, object]]:
-    """(calibrated, raw, hit) best first, from each modality's raw top list [(raw score, hit), ...]."""
-    affine = calibration.affine(np.asarray(queries, dtype=np.float32).reshape(1, -1))
+              calibration: Calibration, limit: int, affine: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None
+              ) -> list[tuple[float, float, object]]:
+    """(calibrated, raw, hit) best first, from each modality's raw top list [(raw score, hit), ...].
+
+    `affine`: the query's `calibration.affine`, when the caller has it already.
+    """
+    if affine is None:
+        affine = calibration.affine(np.asarray(queries, dtype=np.float32).reshape(1, -1))
     merged = []
     for order, (name, hits) in enumerate(per_modality.items()):
         offset, scale = affine.get(name, (np.zeros(1), np.ones(1)))
+        offset, scale = float(offset[0]), float(scale[0])
         for rank, (raw, hit) in enumerate(hits):
-            merged.append(((raw - float(offset[0])) / float(scale[0]), raw, order, rank, hit))
+            merged.append(((raw - offset) / scale, raw, order, rank, hit))
     merged.sort(key=lambda row: (-row[0], row[2], row[3]))
     return [(calibrated, raw, hit) for calibrated, raw, _, _, hit in merged[:limit]]
 
@@ -222,16 +240,16 @@ def calibrated_top(query: np.ndarray, first: Sequence[tuple[float, str, object]]
     for raw, modality, hit in first:
         per.setdefault(modality, []).append((raw, hit))
     per = {m: hits[:limit] for m, hits in per.items()}
+    affine = calibration.affine(np.asarray(query, dtype=np.float32).reshape(1, -1))  # once per query
+    merged = merge_top(per, query, calibration, limit, affine)
     if len(first) < pool:  # the whole collection came back: nothing is unseen
-        return merge_top(per, query, calibration, limit)
-    merged = merge_top(per, query, calibration, limit)
+        return merged
     kth = merged[-1][0] if len(merged) >= limit else -np.inf
     floor = first[-1][0]
-    affine = calibration.affine(np.asarray(query, dtype=np.float32).reshape(1, -1))
     short = [m for m in names if m in affine and len(per.get(m, ())) < limit]
     refetch = [m for m in short if (floor - float(affine[m][0][0])) / float(affine[m][1][0]) >= kth]
     if not refetch:
         return merged
     for modality in refetch:
         per[modality] = list(fetch(modality))
-    return merge_top(per, query, calibration, limit)
+    return merge_top(per, query, calibration, limit, affine)

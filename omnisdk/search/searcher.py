@@ -44,12 +44,14 @@ import numpy as np
 from omnisdk.errors import OmniError
 from omnisdk.items import Item, Locator, as_item
 from omnisdk.search.calibration import Calibration, calibrated_top, stored_calibration
-from omnisdk.store.base import Store, StoreError, check_fingerprint, modality_list
+from omnisdk.store.base import Hit, Store, StoreError, check_fingerprint, modality_list
 
 #: Up to this many points, search scores every point (see the module docstring).
 EXACT_SEARCH_UP_TO = 100_000
 #: A calibrated search first asks for this many x limit x modalities raw hits (see calibrated_top).
 CALIBRATION_POOL = 2
+#: The payload keys a calibrated search's wide queries read: what the merge needs.
+MERGE_FIELDS = ("modality",)
 
 
 @dataclass
@@ -151,21 +153,33 @@ class Searcher:
                 wanted = [m for m in wanted if m in calibration.modalities] or wanted[:1]
             if calibration is None or (wanted is not None and len(wanted) == 1):
                 return [self._hit(rank, hit) for rank, hit in enumerate(self.store.query(self.collection, vector, limit, wanted, exact=exact), start=1)]
-            # One wider raw query, then each modality's own top only where the wider one cannot rule
-            # it out: exact (see calibration.calibrated_top), and usually a single query.
-            pool = max(CALIBRATION_POOL * limit * len(calibration.modalities), 50)
-            first = [(h.score, h.payload.get("modality", ""), h)
-                     for h in self.store.query(self.collection, vector, pool, wanted, exact=exact)]
-
-            def fetch(modality: str) -> list:
-                return [(h.score, h) for h in self.store.query(self.collection, vector, limit, [modality], exact=exact)]
-
-            merged = calibrated_top(vector, first, pool, calibration, limit, fetch, wanted)
+            merged = self._calibrated(vector, limit, wanted, calibration, exact)
         except StoreError:
             raise
         except Exception as exc:  # a backend error on query: one line naming the collection
             raise StoreError(f"searching collection '{self.collection}' in {self.store.location} failed: {exc}") from exc
         return [self._hit(rank, hit, calibrated) for rank, (calibrated, _, hit) in enumerate(merged, start=1)]
+
+    def _calibrated(self, vector: np.ndarray, limit: int, wanted: list[str] | None, calibration: Calibration,
+                    exact: bool) -> list[tuple[float, float, Hit]]:
+        """(calibrated, raw, hit) best first: one wider raw query, then each modality's own top only
+        where the wider one cannot rule it out (exact, see calibration.calibrated_top; usually one query).
+
+        The wide queries read only each hit's modality; the full payloads of the `limit` kept hits
+        come in one `retrieve` (at 100k points the wide query's payloads cost more than the merge).
+        """
+        pool = max(CALIBRATION_POOL * limit * len(calibration.modalities), 50)
+        first = [(h.score, h.payload.get("modality", ""), h)
+                 for h in self.store.query(self.collection, vector, pool, wanted, exact=exact, fields=MERGE_FIELDS)]
+
+        def fetch(modality: str) -> list:
+            return [(h.score, h) for h in self.store.query(self.collection, vector, limit, [modality], exact=exact,
+                                                           fields=MERGE_FIELDS)]
+
+        merged = calibrated_top(vector, first, pool, calibration, limit, fetch, wanted)
+        payloads = {p.id: p.payload for p in self.store.retrieve(self.collection, [h.id for _, _, h in merged])}
+        # a point deleted between the query and the read keeps its place, with the payload it came with
+        return [(calibrated, raw, Hit(h.id, h.score, payloads.get(h.id, h.payload))) for calibrated, raw, h in merged]
 
     def calibration(self) -> Calibration | None:
         """The collection's statistics for the modality correction, or None (switched off, or none recorded)."""

@@ -121,12 +121,15 @@ class Store(Protocol):
         """Merge `payload` into the payload of the given points."""
 
     def query(
-        self, collection: str, vector: Any, limit: int = 10, modalities: Sequence[str] | None = None, *, exact: bool = False
+        self, collection: str, vector: Any, limit: int = 10, modalities: Sequence[str] | None = None, *, exact: bool = False,
+        fields: Sequence[str] | None = None,
     ) -> list[Hit]:
         """Nearest points, best first; `modalities` keeps only points whose payload modality is listed.
 
         `exact=True` scores every (filtered) point instead of walking the HNSW graph, which Qdrant
         builds once a collection outgrows its indexing threshold (about 10k 384-d vectors).
+        `fields`: only these payload keys come back (None: the whole payload); a wide query whose
+        hits are mostly discarded then skips reading and converting their payloads.
         """
 
     def scroll(self, collection: str, *, with_vectors: bool = False, page_size: int = 1024) -> Iterator[StoredPoint]:

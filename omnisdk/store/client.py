@@ -175,11 +175,13 @@ class ClientStore:
             self.client.set_payload(collection, payload=payload, points=list(ids), wait=True)
 
     def query(
-        self, collection: str, vector: Any, limit: int = 10, modalities: Sequence[str] | None = None, *, exact: bool = False
+        self, collection: str, vector: Any, limit: int = 10, modalities: Sequence[str] | None = None, *, exact: bool = False,
+        fields: Sequence[str] | None = None,
     ) -> list[Hit]:
         _, models = _qdrant()
         response = self.client.query_points(
-            collection, query=_as_list(vector), limit=int(limit), query_filter=_modality_filter(modalities), with_payload=True,
+            collection, query=_as_list(vector), limit=int(limit), query_filter=_modality_filter(modalities),
+            with_payload=True if fields is None else models.PayloadSelectorInclude(include=list(fields)),
             # the local modes are always exact (and warn when told so)
             search_params=models.SearchParams(exact=True) if exact and self.remote else None,
         )

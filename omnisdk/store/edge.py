@@ -170,12 +170,14 @@ class EdgeStore:
             self._shard(collection).update(_edge().UpdateOperation.set_payload(list(ids), payload))
 
     def query(
-        self, collection: str, vector: Any, limit: int = 10, modalities: Sequence[str] | None = None, *, exact: bool = False
+        self, collection: str, vector: Any, limit: int = 10, modalities: Sequence[str] | None = None, *, exact: bool = False,
+        fields: Sequence[str] | None = None,
     ) -> list[Hit]:
         edge = _edge()
         request = edge.QueryRequest(
             limit=int(limit), query=edge.Query.Nearest(_as_list(vector)), filter=_modality_filter(modalities),
-            with_payload=True, params=edge.SearchParams(exact=True) if exact else None,
+            with_payload=True if fields is None else edge.PayloadSelector.Include(list(fields)),
+            params=edge.SearchParams(exact=True) if exact else None,
         )
         return [Hit(str(p.id), float(p.score), p.payload or {}) for p in self._shard(collection).query(request)]
 
@@ -197,7 +199,13 @@ class EdgeStore:
 
     def count(self, collection: str, modalities: Sequence[str] | None = None) -> int:
         edge = _edge()
-        return int(self._shard(collection).count(edge.CountRequest(exact=True, filter=_modality_filter(modalities))))
+        shard = self._shard(collection)
+        if not modalities:
+            # The shard's own tally: microseconds, where an exact count walks every point (6 ms at 100k,
+            # paid by every search). It equals the exact count after upserts, re-upserts, deletes and
+            # optimize (tests/test_store.py), as Edge applies each update whole before returning.
+            return int(shard.info().points_count)
+        return int(shard.count(edge.CountRequest(exact=True, filter=_modality_filter(modalities))))
 
     def flush(self, collection: str) -> None:
         if collection in self._shards:
