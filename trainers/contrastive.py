@@ -86,7 +86,7 @@ class ContrastiveTrainer:
         frozen = [f"adapters.{m}.{pat}" for m, plugin in self.model.plugins.items() for pat in plugin.frozen()]
         chosen: dict[str, torch.nn.Parameter] = {}
         for name, p in self.model.named_parameters():
-            if lora and name.startswith("backbone."):
+            if lora and name.startswith("backbone.") and not name.startswith("backbone.aspect_tokens."):
                 keep = "lora_" in name  # peft already marked these; the frozen base weights stay frozen
             else:
                 keep = any(fnmatch.fnmatchcase(name, pat) for pat in patterns)
@@ -200,15 +200,15 @@ class ContrastiveTrainer:
                             f"(causes: {list({**q_err, **p_err}.values())[:3]})")
         hard, mask = self._hard_negative_tensor(batch, negatives, n_ok, keep)
         temperature = self.log_temperature.exp()
-        loss = contrastive_loss(self.config, queries[keep], positives[keep], temperature, hard, mask)
+        loss = contrastive_loss(self.config, queries[keep], positives[keep], temperature, hard, mask,
+                                aspects=self.model.aspect_tokens)
         return loss, int(keep.sum()), len(q_err) + len(p_err) + len(n_err)
 
     def _hard_negative_tensor(self, batch, negatives, n_ok, keep):
         h = self.config.hard_negatives
         if negatives is None or h == 0:
             return None, None
-        dim = negatives.size(1)
-        hard = torch.zeros(len(batch), h, dim, device=negatives.device)
+        hard = torch.zeros(len(batch), h, *negatives.shape[1:], device=negatives.device)  # (.., D) or AGFF (.., K, D)
         mask = torch.zeros(len(batch), h, dtype=torch.bool, device=negatives.device)
         cursor = 0
         for i, ex in enumerate(batch):
