@@ -201,3 +201,104 @@ def test_ega_composes_with_the_aggregation():
     g2 = torch.autograd.grad(contrastive_loss(TrainConfig(ega={"factor": 4.0, "rule": "topk"}), q, p, 0.05, hard, mask, aspects=module),
                              module.log_temperature)[0]
     assert not torch.allclose(g1, g2)
+
+
+# -- storage and search -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Text files and images the tiny model can embed."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("agff-corpus")
+    for i, text in enumerate(TEXTS * 3):
+        (root / f"t{i:02d}.txt").write_text(f"{text} number {i}")
+    for i, colour in enumerate([(255, 0, 0), (0, 0, 255), (0, 200, 0), (250, 250, 0)]):
+        Image.new("RGB", (32, 32), colour).save(root / f"img{i}.png")
+    return root
+
+
+def _index(model, model_dir, store, corpus):
+    from omnisdk.search import Indexer
+
+    report = Indexer(model, store, "agff", model_dir=model_dir, progress=False).index([corpus])
+    assert report.indexed == len(list(corpus.iterdir()))
+    return report
+
+
+@pytest.mark.parametrize("limit", [3, 10])
+def test_index_and_search_give_the_same_top_k_on_edge_and_memory(agff_model, agff_dir, corpus, tmp_path, limit):
+    from omnisdk.search import Searcher
+    from omnisdk.store import open_store
+    from omnisdk.store.base import ASPECTS, POOLED
+
+    results = {}
+    for name, spec in (("edge", str(tmp_path / "edge")), ("memory", ":memory:")):
+        with open_store(spec) as store:
+            _index(agff_model, agff_dir, store, corpus)
+            meta = store.get_meta("agff")
+            assert meta.embedding == "agff" and meta.aspects == K
+            point = next(store.scroll("agff", with_vectors=True))
+            assert np.asarray(point.vector[ASPECTS]).shape == (K, agff_model.dim)
+            assert np.asarray(point.vector[POOLED]).shape == (agff_model.dim,)
+            searcher = Searcher(store, "agff", agff_model)
+            runs = [searcher.search(q, limit=limit) for q in ("a red circle", "two yellow stars")]
+            runs.append(searcher.search("a green triangle", limit=limit, modalities=["image"]))
+            results[name] = [[(h.source, round(h.score, 4)) for h in run] for run in runs]
+            # plain clients: the pooled vector answers a single-vector query
+            plain = store.query("agff", agff_model.encode(["a red circle"])[0], limit=3)
+            assert len(plain) == 3
+    assert results["edge"] == results["memory"]
+    assert all(len(run) == limit for run in results["edge"][:2])
+    assert all(Path(src).suffix == ".png" for src, _ in results["edge"][2])
+
+
+def test_search_scores_are_the_exact_aggregation_and_rank_the_whole_collection(agff_model, agff_dir, corpus):
+    from omnisdk.search import Searcher
+    from omnisdk.store import open_store
+
+    with open_store(":memory:") as store:
+        _index(agff_model, agff_dir, store, corpus)
+        hits = Searcher(store, "agff", agff_model).search("a blue square", limit=5)
+        files = sorted(corpus.iterdir())
+        items = agff_model.encode(files, aspects=True, role="document")
+        query = agff_model.encode(["a blue square"], aspects=True, role="query")
+        truth = agff_model.similarity(query, items)[0].numpy()
+        best = np.argsort(-truth, kind="stable")[:5]
+        assert [h.source for h in hits] == [str(files[i]) for i in best]
+        np.testing.assert_allclose([h.score for h in hits], truth[best], atol=1e-5)
+
+
+def test_a_model_of_the_other_kind_is_refused(agff_model, agff_dir, corpus, tmp_path, tiny_model_factory):
+    from omnisdk.search import Indexer, Searcher
+    from omnisdk.store import EmbeddingKindMismatchError, open_store
+
+    plain = tiny_model_factory(["text", "image"])
+    plain_dir = tmp_path / "plain"
+    plain.save(plain_dir)
+    with open_store(str(tmp_path / "store")) as store:
+        _index(agff_model, agff_dir, store, corpus)
+        with pytest.raises(EmbeddingKindMismatchError, match="holds AGFF embeddings .3 aspect vectors"):
+            Indexer(plain, store, "agff")
+        with pytest.raises(EmbeddingKindMismatchError, match="the model makes single vectors"):
+            Searcher(store, "agff", model_dir=plain_dir)
+        Indexer(plain, store, "single", progress=False).index([corpus])
+        with pytest.raises(EmbeddingKindMismatchError, match="holds single vectors"):
+            Searcher(store, "single", agff_model)
+
+
+def test_cli_index_search_and_eval_work_with_an_agff_model(agff_dir, corpus, scenes, tmp_path, capsys):
+    import json
+
+    from omnisdk.cli import main
+
+    store = str(tmp_path / "store")
+    assert main(["index", "--model", str(agff_dir), "--store", store, "--collection", "c", str(corpus)]) == 0
+    capsys.readouterr()
+    assert main(["search", "--store", store, "--collection", "c", "--limit", "3", "--json", "a red circle"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    hits = next(v for v in found.values() if isinstance(v, list)) if isinstance(found, dict) else found
+    assert len(hits) == 3 and all("score" in h for h in hits)
+    report = tmp_path / "report.json"
+    assert main(["eval", "--model", str(agff_dir), "--data", str(scenes), "--out", str(report)]) == 0
+    data = json.loads(report.read_text())
+    assert data["tasks"] if "tasks" in data else data
