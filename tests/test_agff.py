@@ -302,3 +302,24 @@ def test_cli_index_search_and_eval_work_with_an_agff_model(agff_dir, corpus, sce
     assert main(["eval", "--model", str(agff_dir), "--data", str(scenes), "--out", str(report)]) == 0
     data = json.loads(report.read_text())
     assert data["tasks"] if "tasks" in data else data
+
+
+def test_eval_scores_with_the_aggregation(agff_model, scenes):
+    """The evaluator's AGFF path ranks by the aggregation: its hit@1 equals a hand ranking by model.similarity."""
+    from omnisdk.datasets.format import load_dataset
+    from omnisdk.eval import evaluate
+    from omnisdk.eval.search import AspectScorer, count_ahead
+
+    dataset = load_dataset(scenes)
+    report = evaluate(agff_model, dataset, show_progress=False)
+    assert report.tasks and all(math.isfinite(t.metrics["ndcg@10"]) for t in report.tasks)
+    # the scorer against the model's own similarity, on a few rows
+    rows = agff_model.encode(TEXTS, aspects=True)
+    flat = rows.reshape(len(rows), -1)
+    scorer = AspectScorer(agff_model.aspect_tokens)
+    torch.testing.assert_close(scorer.matrix(torch.from_numpy(flat), torch.from_numpy(flat)),
+                               agff_model.similarity(rows, rows), atol=1e-5, rtol=0)
+    scores, ahead = count_ahead(flat, flat, np.arange(len(rows))[:, None], scorer=scorer)
+    np.testing.assert_allclose(scores[:, 0], np.diag(agff_model.similarity(rows, rows).numpy()), atol=1e-5)
+    truth = agff_model.similarity(rows, rows).numpy()
+    assert (ahead[:, 0] == [(np.delete(truth[i], i) >= truth[i, i] - 1e-5).sum() for i in range(len(rows))]).all()
