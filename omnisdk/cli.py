@@ -371,6 +371,9 @@ def model_parts(manifest) -> list[list[str]]:
     """Each part of a model, what it is and where its starting weights came from, for `omnisdk info`."""
     spec = manifest.backbone
     rows = [["backbone", f"{spec.model_type} ({spec.pooling} pooling, {spec.padding_side} padding)", spec.source or "random init"]]
+    if spec.aspects is not None:
+        rows.append(["AGFF aspects", f"{spec.aspects.count} per item, {spec.aspects.pairs} pairs, learned log-sum-exp",
+                     "prompts: " + "; ".join(f"{m}: {' | '.join(p)}" for m, p in spec.aspects.prompts.items())])
     for plugin in manifest.plugins:
         cfg = plugin.config
         if "tower" in cfg:

@@ -323,3 +323,32 @@ def test_eval_scores_with_the_aggregation(agff_model, scenes):
     np.testing.assert_allclose(scores[:, 0], np.diag(agff_model.similarity(rows, rows).numpy()), atol=1e-5)
     truth = agff_model.similarity(rows, rows).numpy()
     assert (ahead[:, 0] == [(np.delete(truth[i], i) >= truth[i, i] - 1e-5).sum() for i in range(len(rows))]).all()
+
+
+def test_fusion_merges_the_aspect_tokens_of_two_agff_specialists(agff_dir, tmp_path):
+    """Aspect tokens and the aggregation are shared backbone parameters: task arithmetic adds both deltas."""
+    from safetensors.torch import load_file
+
+    from omnisdk import checkpoint as ckpt
+    from omnisdk.fusion import fuse
+
+    base_fp = ckpt.read_manifest(agff_dir).fingerprint
+    for seed, plugin in enumerate(("text", "image"), start=1):
+        model = OmniModel.load(agff_dir, device="cpu")
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name.startswith(("backbone.", f"adapters.{plugin}.")):
+                    param.add_(0.02 * torch.randn(param.shape, generator=g))
+        model.save(tmp_path / plugin, lineage=ckpt.Lineage(stage="specialist", parents=[base_fp], method="contrastive",
+                                                           settings={"plugin": plugin}))
+    fuse(agff_dir, [tmp_path / "text", tmp_path / "image"], method="task_arithmetic", out=tmp_path / "fused",
+         progress=False)
+    fused = OmniModel.load(tmp_path / "fused")
+    assert fused.embedding_kind == "agff" and fused.aspect_count == K
+    base, a, b, out = (load_file(p / "model.safetensors") for p in (agff_dir, tmp_path / "text", tmp_path / "image",
+                                                                   tmp_path / "fused"))
+    for name in ("backbone.aspect_tokens.log_temperature", "backbone.aspect_tokens.embeddings.image",
+                 "backbone.aspect_tokens.weight_logits"):
+        torch.testing.assert_close(out[name], base[name] + (a[name] - base[name]) + (b[name] - base[name]))
+    assert fused.encode(TEXTS, aspects=True).shape == (len(TEXTS), K, fused.dim)
