@@ -193,13 +193,15 @@ def check_kind(meta: CollectionMeta, embedding: str, aspects: int, collection: s
     """Refuse a model whose kind of embedding (one vector, or K AGFF aspect vectors) differs from the collection's."""
     if meta.embedding == embedding and (embedding != "agff" or meta.aspects == aspects):
         return
-    def kind(e: str, k: int) -> str:
-        return f"AGFF embeddings ({k} aspect vectors per item)" if e == "agff" else "single vectors"
     raise EmbeddingKindMismatchError(
         f"cannot {action} collection '{collection}' with this model: the collection holds "
-        f"{kind(meta.embedding, meta.aspects)}, the model makes {kind(embedding, aspects)}. Use the model the "
+        f"{_kind(meta.embedding, meta.aspects)}, the model makes {_kind(embedding, aspects)}. Use the model the "
         "collection was indexed with, or index into a new collection"
     )
+
+
+def _kind(embedding: str, aspects: int) -> str:
+    return f"AGFF embeddings ({aspects} aspect vectors per item)" if embedding == "agff" else "single vectors"
 
 
 def ensure_collection(
