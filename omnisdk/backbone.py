@@ -9,6 +9,7 @@ import torch
 from pydantic import BaseModel, model_validator
 
 from omnisdk import vlm
+from omnisdk.aspects import AspectSpec
 from omnisdk.errors import CheckpointError, UnsafeCheckpointError
 
 #: "compression": the mean of the CoMa compression tokens (omnisdk/compression.py) appended to every input.
@@ -29,6 +30,8 @@ class BackboneSpec(BaseModel):
     source: str | None = None  # where the weights first came from, for the lineage
     #: learned compression tokens inside the backbone (CoMa warm-up); 0: none.
     compression_tokens: int = 0
+    #: AGFF: K aspect vectors per item (omnisdk/aspects.py); None: one vector per item.
+    aspects: AspectSpec | None = None
 
     @model_validator(mode="after")
     def _compression_pooling_needs_tokens(self) -> "BackboneSpec":

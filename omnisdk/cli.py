@@ -37,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "openai/whisper-tiny); frozen while training, its projector trains")
     p.add_argument("--modalities", help="comma-separated modalities (default: every available plugin)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--aspects", type=int, metavar="K", help="AGFF: K aspect embeddings per item from the plugins' "
+                   "aspect prompts, aggregated by a learned log-sum-exp (docs/methods.md); default: one vector per item")
+    p.add_argument("--aspect-pairs", choices=["all", "diagonal"], default="all",
+                   help="AGFF: compare every aspect pair (all, the default) or aspect k with aspect k only")
+    p.add_argument("--aspect-prompt", action="append", default=[], metavar="MODALITY=P1|P2|...",
+                   help="AGFF: override a modality's aspect prompts (repeatable)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the backbone's own Python code to run")
     p.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
     p.set_defaults(func=cmd_init)
@@ -198,11 +204,28 @@ def cmd_init(args: argparse.Namespace) -> int:
         args.preset, modalities=modalities, backbone=args.backbone, seed=args.seed,
         trust_remote_code=args.trust_remote_code, overrides=overrides,
     )
+    if args.aspects is not None:
+        if args.aspects < 1:
+            raise OmniError(f"--aspects must be at least 1, not {args.aspects}")
+        model.enable_aspects(args.aspects, _aspect_prompts(args.aspect_prompt), pairs=args.aspect_pairs)
+    elif args.aspect_prompt:
+        raise OmniError("--aspect-prompt needs --aspects K")
     manifest = model.save(args.out)
     params = sum(p.numel() for p in model.parameters())
     print(f"wrote {args.out}: {manifest.backbone.model_type} backbone, dim {model.dim}, "
           f"{params / 1e6:.1f}M parameters, modalities {', '.join(model.plugins)}, fingerprint {manifest.fingerprint[:12]}")
     return 0
+
+
+def _aspect_prompts(raw: list[str]) -> dict[str, list[str]]:
+    """MODALITY=P1|P2|... options -> {modality: [prompts]}."""
+    out = {}
+    for entry in raw:
+        name, sep, prompts = entry.partition("=")
+        if not sep or not name.strip() or not prompts.strip():
+            raise OmniError(f"--aspect-prompt {entry!r}: write MODALITY=PROMPT1|PROMPT2|...")
+        out[name.strip()] = [p.strip() for p in prompts.split("|") if p.strip()]
+    return out
 
 
 def parse_input(raw: str):
@@ -349,6 +372,9 @@ def model_parts(manifest) -> list[list[str]]:
     """Each part of a model, what it is and where its starting weights came from, for `omnisdk info`."""
     spec = manifest.backbone
     rows = [["backbone", f"{spec.model_type} ({spec.pooling} pooling, {spec.padding_side} padding)", spec.source or "random init"]]
+    if spec.aspects is not None:
+        rows.append(["AGFF aspects", f"{spec.aspects.count} per item, {spec.aspects.pairs} pairs, learned log-sum-exp",
+                     "prompts: " + "; ".join(f"{m}: {' | '.join(p)}" for m, p in spec.aspects.prompts.items())])
     for plugin in manifest.plugins:
         cfg = plugin.config
         if "tower" in cfg:

@@ -222,6 +222,11 @@ class ModalityPlugin(ABC):
     instructions: ClassVar[Instructions] = Instructions()
     fusion: ClassVar[FusionSpec] = FusionSpec()
     training: ClassVar[TrainingDefaults] = TrainingDefaults()
+    #: AGFF aspect prompts (omnisdk/aspects.py): what each of an item's K aspect vectors is about,
+    #: by index; aspect k means the same kind of thing in every modality (k=1 the item as a whole).
+    aspect_prompts: ClassVar[tuple[str, ...]] = (
+        "the whole item", "the objects in it", "their attributes: colour, size and shape", "their layout and relations",
+    )
 
     def __init__(self, config: PluginConfig | dict[str, Any] | None = None):
         if isinstance(config, PluginConfig):

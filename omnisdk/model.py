@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from omnisdk import checkpoint as ckpt
+from omnisdk import aspects as agff
 from omnisdk import compression, vlm
 from omnisdk.backbone import BackboneSpec, Pooling, build_from_spec, load_pretrained, pool, spec_of, special_token_frame
 from omnisdk.backbone import decoder_setup, left_pad, restore_tokenizer
@@ -59,6 +60,7 @@ class OmniModel(nn.Module):
             # parameter trained (DDP insists) and out of task vectors.
             backbone.pooler = None
         compression.attach(backbone, spec.compression_tokens)  # before loading: they are backbone weights
+        agff.attach(backbone, spec.aspects)  # AGFF aspect tokens and aggregation: backbone weights too
         self.backbone = backbone
         self.tokenizer = tokenizer
         self.spec = spec
@@ -278,7 +280,11 @@ class OmniModel(nn.Module):
         return prepared
 
     def forward_batch(self, modality: str, batch: Any, role: Role | None = None) -> torch.Tensor:
-        """Embed a prepared batch: adapter, framing, backbone, pooling, L2 normalisation. Keeps gradients."""
+        """Embed a prepared batch: adapter, framing, backbone, pooling, L2 normalisation. Keeps gradients.
+
+        One vector per row; for an AGFF model the normalised mean of its aspect vectors."""
+        if self.spec.aspects is not None:
+            return agff.pooled(self.forward_aspects(modality, batch, role))
         hidden, mask, positions = self.forward_tokens(modality, batch, role)
         if positions is not None:
             pooled = compression.pool(hidden, positions)
@@ -286,12 +292,31 @@ class OmniModel(nn.Module):
             pooled = pool(hidden, mask, self.spec.pooling)
         return torch.nn.functional.normalize(pooled.float(), dim=-1)
 
+    def forward_aspects(self, modality: str, batch: Any, role: Role | None = None) -> torch.Tensor:
+        """The K unit aspect vectors (B, K, D) of a prepared batch, from one forward pass (AGFF models)."""
+        module = agff.tokens_of(self.backbone)
+        if module is None:
+            raise OmniError("this model has no aspects: build one with `omnisdk init --aspects K`")
+        tokens = self._framed(modality, batch, role)
+        if self.spec.pooling == "compression":
+            tokens, _ = compression.append(tokens, compression.tokens_of(self.backbone))
+        tokens, positions = agff.append(tokens, module.tokens(modality))
+        # Right padding even for decoders: the aspect tokens' positions are known, and a causal
+        # model's states before the padding do not depend on it.
+        out = self.backbone(inputs_embeds=tokens.embeds, attention_mask=tokens.mask)
+        vectors = compression.gather(out.last_hidden_state, positions)
+        return torch.nn.functional.normalize(vectors.float(), dim=-1)
+
+    def forward_embeddings(self, modality: str, batch: Any, role: Role | None = None) -> torch.Tensor:
+        """What training compares: (B, K, D) aspect vectors for an AGFF model, else (B, D) vectors."""
+        if self.spec.aspects is not None:
+            return self.forward_aspects(modality, batch, role)
+        return self.forward_batch(modality, batch, role)
+
     def forward_tokens(self, modality: str, batch: Any, role: Role | None = None):
         """(last hidden states, mask, compression token positions or None) of a prepared batch; with
         pooling "compression" the compression tokens are appended to every row."""
-        tokens: TokenEmbeddings = self.adapters[modality](batch, self.runtime)
-        if not tokens.framed:
-            tokens = self._frame(tokens, modality, role)
+        tokens = self._framed(modality, batch, role)
         positions = None
         if self.spec.pooling == "compression":
             tokens, positions = compression.append(tokens, compression.tokens_of(self.backbone))
@@ -306,6 +331,57 @@ class OmniModel(nn.Module):
             extra["position_ids"] = vlm.rope_positions(self.backbone, vlm.types_of(tokens), tokens.mask, tokens.grids)
         out = self.backbone(inputs_embeds=tokens.embeds, attention_mask=tokens.mask, **extra)
         return out.last_hidden_state, tokens.mask, positions
+
+    def _framed(self, modality: str, batch: Any, role: Role | None) -> TokenEmbeddings:
+        tokens: TokenEmbeddings = self.adapters[modality](batch, self.runtime)
+        return tokens if tokens.framed else self._frame(tokens, modality, role)
+
+    # -- AGFF ---------------------------------------------------------------------------------------------
+    @property
+    def embedding_kind(self) -> str:
+        """"agff" for a model with K aspect vectors per item, else "single"."""
+        return "single" if self.spec.aspects is None else "agff"
+
+    @property
+    def aspect_count(self) -> int:
+        """K, the aspect vectors per item; 0 for a single-vector model."""
+        return 0 if self.spec.aspects is None else self.spec.aspects.count
+
+    @property
+    def aspect_tokens(self) -> agff.AspectTokens | None:
+        return agff.tokens_of(self.backbone)
+
+    def enable_aspects(self, count: int, prompts: Mapping[str, Sequence[str]] | None = None, *,
+                       pairs: str = "all", learn_weights: bool = True,
+                       temperature: float = agff.DEFAULT_TEMPERATURE) -> agff.AspectTokens:
+        """Make this (new) model an AGFF model with `count` aspects per item; tokens start from the prompts.
+
+        `prompts` maps modalities to prompts and overrides the plugins' `aspect_prompts`.
+        """
+        from omnisdk.aggregation import check_pairs
+
+        if self.spec.aspects is not None:
+            raise OmniError(f"this model already has {self.spec.aspects.count} aspects")
+        spec = agff.AspectSpec(count=count, prompts=agff.resolve_prompts(self.plugins, count, prompts),
+                               pairs=check_pairs(pairs), learn_weights=learn_weights, temperature=temperature)
+        self.spec = self.spec.model_copy(update={"aspects": spec})
+        module = agff.attach(self.backbone, spec)
+        with self._tokenizer_lock:
+            agff.init_from_prompts(module, self.tokenizer, self.backbone.get_input_embeddings())
+        self._fingerprint = None
+        return module
+
+    def similarity(self, queries: torch.Tensor | np.ndarray, items: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Every query against every item: (N, M). Dot products of single vectors (N, D) x (M, D), or
+        the AGFF aggregation (omnisdk/aggregation.py) of aspect vectors (N, K, D) x (M, K, D)."""
+        q, d = torch.as_tensor(queries, dtype=torch.float32), torch.as_tensor(items, dtype=torch.float32)
+        module = self.aspect_tokens
+        if module is None or q.dim() == 2:
+            return q @ d.T
+        from omnisdk.aggregation import pairwise_sims
+
+        with torch.no_grad():
+            return module.aggregate(pairwise_sims(q, d.to(q.device), module.spec.pairs).to(module.log_temperature.device)).cpu()
 
     def embed_text_tokens(self, texts: Sequence[str], max_length: int | None = None) -> TokenEmbeddings:
         """Text as backbone token embeddings without special tokens, for adapters that mix text in."""
@@ -342,6 +418,7 @@ class OmniModel(nn.Module):
         """How many content tokens fit once framing and the longest instruction are added."""
         longest = max(len(self._instruction_ids(modality, role)) for role in ("query", "document"))
         appended = self.spec.compression_tokens if self.spec.pooling == "compression" else 0
+        appended += self.aspect_count  # AGFF aspect tokens
         return self.spec.max_length - len(self._prefix_ids) - len(self._suffix_ids) - longest - appended
 
     def _instruction_ids(self, modality: str, role: Role | None) -> list[int]:
@@ -364,6 +441,7 @@ class OmniModel(nn.Module):
         items: Iterable[Any],
         *,
         batch_size: int = 32,
+        aspects: bool = False,
         role: Role | None = None,
         show_progress: bool | None = None,
         errors: ErrorPolicy = "warn",
@@ -377,10 +455,14 @@ class OmniModel(nn.Module):
         ItemErrors after embedding the rest (the good rows are on the exception), `"ignore"` is quiet.
         `return_errors=True` also returns the list of ItemError. A `timer` gets the seconds spent
         preprocessing ("decode": reading and decoding files, tokenizing) and in the model ("encode").
+        `aspects=True` (AGFF models) returns the K aspect vectors of each item, (N, K, D), instead.
         """
         items = [as_item(x) for x in items]
         timer = timer if timer is not None else PhaseTimer()
-        out = np.full((len(items), self.dim), np.nan, dtype=np.float32)
+        if aspects and self.spec.aspects is None:
+            raise OmniError("encode(aspects=True) needs an AGFF model (`omnisdk init --aspects K`); this one makes single vectors")
+        shape = (len(items), self.aspect_count, self.dim) if aspects else (len(items), self.dim)
+        out = np.full(shape, np.nan, dtype=np.float32)
         failures: list[ItemError] = []
         groups: dict[str, list[int]] = defaultdict(list)
         classes = modality_classes()
@@ -405,7 +487,7 @@ class OmniModel(nn.Module):
                 indices = [i for _, i in sorted(zip(hints, indices), key=lambda pair: -pair[0])]
                 for start in range(0, len(indices), batch_size):
                     chunk = indices[start : start + batch_size]
-                    self._encode_chunk(modality, [items[i] for i in chunk], chunk, role, out, failures, timer)
+                    self._encode_chunk(modality, [items[i] for i in chunk], chunk, role, out, failures, timer, aspects)
                     progress.update(len(chunk))
         progress.close()
         spool.close()
@@ -413,7 +495,8 @@ class OmniModel(nn.Module):
         self._report(failures, errors, out)
         return (out, failures) if return_errors else out
 
-    def _encode_chunk(self, modality, chunk_items, positions, role, out, failures, timer: PhaseTimer) -> None:
+    def _encode_chunk(self, modality, chunk_items, positions, role, out, failures, timer: PhaseTimer,
+                      aspects: bool = False) -> None:
         try:
             with timer.phase("decode"):
                 prepared = self.prepare(modality, chunk_items, role)
@@ -424,8 +507,9 @@ class OmniModel(nn.Module):
             failures.append(ItemError(positions[local], chunk_items[local], cause))
         if prepared.ok:
             with timer.phase("encode"), self.inference_precision():
-                vectors = self.forward_batch(modality, prepared.batch, role).cpu().numpy()
-            finite = np.isfinite(vectors).all(axis=1)
+                forward = self.forward_aspects if aspects else self.forward_batch
+                vectors = forward(modality, prepared.batch, role).cpu().numpy()
+            finite = np.isfinite(vectors.reshape(len(vectors), -1)).all(axis=1)
             for j, row_ok in zip(prepared.ok, finite):  # extreme input (1e30 samples) can overflow to NaN
                 if not row_ok:
                     failures.append(ItemError(positions[j], chunk_items[j], "the model gave a non-finite vector (NaN or "

@@ -121,6 +121,7 @@ class AudioPlugin(ModalityPlugin):
     Config = AudioConfig
     config: AudioConfig
     instructions = Instructions(query="Find audio that matches: ", document="Audio: ")
+    aspect_prompts = ("the whole sound", "the sound sources in it", "their pitch, loudness and timbre", "their timing and order")
     fusion = FusionSpec(shared=[], owned=["encoder.*", "projector.*"], recovery=True)
     training = TrainingDefaults(learning_rate=1e-4, steps=300, batch_size=16)
 

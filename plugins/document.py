@@ -315,6 +315,7 @@ class DocumentPlugin(ModalityPlugin):
     uses = ("image",)
     Config = DocumentConfig
     instructions = Instructions(query="Find a document page that matches: ", document="A document page: ")
+    aspect_prompts = ("the whole page", "its title and topic", "its key terms and figures", "its layout and sections")
     fusion = FusionSpec(shared=["*"])
     training = TrainingDefaults(learning_rate=5e-5, steps=300, batch_size=16)
 

@@ -66,6 +66,7 @@ class TextPlugin(ModalityPlugin):
     python_types = ("builtins.str",)
     Config = TextConfig
     instructions = Instructions(query="", document="")
+    aspect_prompts = ("the overall meaning", "the things it mentions", "the attributes it describes", "the relations and positions it states")
     fusion = FusionSpec(shared=["*"])
     training = TrainingDefaults(learning_rate=2e-5, steps=200, batch_size=64)
 

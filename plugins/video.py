@@ -342,6 +342,7 @@ class VideoPlugin(ModalityPlugin):
     uses = ("image",)
     Config = VideoConfig
     instructions = Instructions(query="Find a video that matches: ", document="A video: ")
+    aspect_prompts = ("the whole clip", "the objects in it", "their attributes: colour, size and shape", "their motion and positions")
     # The temporal table is the only parameter here; the tower is the image adapter's (shared there too).
     fusion = FusionSpec(shared=["*"])
     training = TrainingDefaults(learning_rate=1e-4, steps=300, batch_size=8)

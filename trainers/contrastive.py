@@ -89,7 +89,7 @@ class ContrastiveTrainer:
         frozen = [f"adapters.{m}.{pat}" for m, plugin in self.model.plugins.items() for pat in plugin.frozen()]
         chosen: dict[str, torch.nn.Parameter] = {}
         for name, p in self.model.named_parameters():
-            if lora and name.startswith("backbone."):
+            if lora and name.startswith("backbone.") and not name.startswith("backbone.aspect_tokens."):
                 keep = "lora_" in name  # peft already marked these; the frozen base weights stay frozen
             else:
                 keep = any(fnmatch.fnmatchcase(name, pat) for pat in patterns)
@@ -223,7 +223,7 @@ class ContrastiveTrainer:
                 log.warning("training item skipped: %s", cause)
         keep = q_ok & p_ok
         local_kept = int(keep.sum())
-        hard, mask = self._hard_negative_tensor(counts, negatives, n_ok)
+        hard, mask = self._hard_negative_tensor(counts, negatives, n_ok, queries.shape[1:])
         if self._gathers:  # every rank's pairs: the other ranks' positives become negatives too
             queries, positives, keep = (gather_rows(t, self.world) for t in (queries, positives, keep))
             if hard is not None:
@@ -234,14 +234,15 @@ class ContrastiveTrainer:
         if hard is not None:
             hard, mask = hard[keep], mask[keep]
         temperature = self.log_temperature.exp()
-        loss = contrastive_loss(self.config, queries[keep], positives[keep], temperature, hard, mask)
+        loss = contrastive_loss(self.config, queries[keep], positives[keep], temperature, hard, mask,
+                                aspects=self.model.aspect_tokens)
         return loss, local_kept, len(q_err) + len(p_err) + len(n_err)
 
     @property
     def _gathers(self) -> bool:
         return self.world.size > 1 and self.config.cross_rank_negatives
 
-    def _hard_negative_tensor(self, counts: list[int], negatives, n_ok):
+    def _hard_negative_tensor(self, counts: list[int], negatives, n_ok, row_shape):
         """[pairs, H, dim] negatives and their [pairs, H] mask (False pads a pair with fewer than H).
 
         Gathering across ranks needs the same shapes everywhere, so a batch without any negative
@@ -250,7 +251,8 @@ class ContrastiveTrainer:
         if h == 0 or (negatives is None and not self._gathers):
             return None, None
         device = self.model.device
-        hard = torch.zeros(len(counts), h, self.model.dim, device=device)
+        row_shape = tuple(negatives.shape[1:]) if negatives is not None else tuple(row_shape)  # (D,) or AGFF (K, D)
+        hard = torch.zeros(len(counts), h, *row_shape, device=device)
         mask = torch.zeros(len(counts), h, dtype=torch.bool, device=device)
         if negatives is None:
             return hard, mask

@@ -36,7 +36,7 @@ and factor are not in the released code, so the rules and defaults above are thi
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -94,20 +94,23 @@ def ega_info_nce(
     rule: Rule = "relative",
     margin: float = 0.1,
     top_k: int = 1,
+    similarity: Any = None,
 ) -> torch.Tensor:
-    """The loss above. Same arguments as `info_nce`, plus the amplifier's settings."""
+    """The loss above. Same arguments as `info_nce` (an AGFF `similarity` included: s_ij is then the
+    aggregated similarity, and hardness is measured on it), plus the amplifier's settings."""
     if queries.shape != positives.shape:
         raise ValueError(f"queries {tuple(queries.shape)} and positives {tuple(positives.shape)} differ in shape")
     n = queries.size(0)
     targets = torch.arange(n, device=queries.device)
     off_diagonal = ~torch.eye(n, dtype=torch.bool, device=queries.device)
-    sims = queries @ positives.T
+    sims = queries @ positives.T if similarity is None else similarity.matrix(queries, positives)
     logits = sims / temperature  # shared by both directions, as in info_nce, so factor 1 is bit-identical
     diagonal = sims.detach().diagonal()
     row_sims, row_logits, negative, mined = sims, logits, off_diagonal, torch.zeros_like(off_diagonal)
     padding = None
     if hard_negatives is not None and hard_negatives.size(1) > 0:
-        hard = torch.einsum("nd,nhd->nh", queries, hard_negatives)
+        hard = (torch.einsum("nd,nhd->nh", queries, hard_negatives) if similarity is None
+                else similarity.rows(queries, hard_negatives))
         valid = hard_negative_mask if hard_negative_mask is not None else torch.ones_like(hard, dtype=torch.bool)
         row_sims = torch.cat([sims, hard], dim=1)
         row_logits = torch.cat([logits, hard / temperature], dim=1)

@@ -42,13 +42,15 @@ def prepare_items(model, items: Sequence[Item], role: str | None) -> PreparedIte
 
 
 def embed_prepared(model, prepared: PreparedItems, role: str | None) -> tuple[torch.Tensor, torch.Tensor, dict[int, str]]:
-    """(embeddings (N, D), ok mask (N,), position -> cause); a failed item gets a zero row and False."""
-    out = torch.zeros(prepared.count, model.dim, device=model.device)
+    """(embeddings (N, D), or (N, K, D) aspect vectors for an AGFF model; ok mask (N,); position -> cause).
+    A failed item gets a zero row and False."""
+    shape = (prepared.count, model.aspect_count, model.dim) if model.aspect_count else (prepared.count, model.dim)
+    out = torch.zeros(shape, device=model.device)
     ok = torch.zeros(prepared.count, dtype=torch.bool, device=model.device)
     rows: list[torch.Tensor] = []
     positions: list[int] = []
     for modality, indices, batch in prepared.groups:
-        rows.append(model.forward_batch(modality, batch, role))
+        rows.append(model.forward_embeddings(modality, batch, role))
         positions += indices
     if rows:
         index = torch.tensor(positions, device=model.device)

@@ -69,6 +69,8 @@ def align(base: str | Path, data: str | Path | Dataset, out: str | Path,
     model = OmniModel.load(base, device=device_for(world, device)).use_cache(cache)
     dataset = _dataset(data)
     adapters = [f"adapters.{m}.*" for m in model.plugins if m != "text"]
+    if model.aspect_count:  # AGFF: the aspect tokens and aggregation are prompts, tuned with the adapters
+        adapters.append("backbone.aspect_tokens.*")
     config = _config({"learning_rate": 1e-3, "steps": 300, "batch_size": 32, "warmup_ratio": 0.05,
                       "trainable": adapters}, overrides)
     if config.lora is not None:

@@ -37,9 +37,9 @@ def _fractions(counts: Counter) -> dict[str, float]:
     return {m: round(n / total, 4) for m, n in sorted(counts.items())} if total else {}
 
 
-def raw_top(query_vectors: np.ndarray, corpus: np.ndarray, device) -> np.ndarray:
+def raw_top(query_vectors: np.ndarray, corpus: np.ndarray, device, scorer=None) -> np.ndarray:
     """Indices [n, SHARE_CUTOFF] of the raw top of each query (the same tie order as search)."""
-    return top_k(query_vectors, corpus, SHARE_CUTOFF, device=device).indices
+    return top_k(query_vectors, corpus, SHARE_CUTOFF, device=device, scorer=scorer).indices
 
 
 def calibrated_metrics(query_vectors: np.ndarray, corpus: np.ndarray, modalities: Sequence[str],

@@ -21,7 +21,7 @@ from omnisdk.errors import OmniError
 from omnisdk.eval.mixed import calibrated_metrics, modality_shares, raw_top
 from omnisdk.eval.metrics import METRICS, Judgements, chance_hit_at_1, mean_metrics, metrics_from_positions, relevant_positions
 from omnisdk.eval.report import EvalReport, Failure, TaskResult
-from omnisdk.eval.search import DEFAULT_CORPUS_CHUNK, DEFAULT_QUERY_CHUNK, TIE_TOLERANCE, count_ahead
+from omnisdk.eval.search import DEFAULT_CORPUS_CHUNK, DEFAULT_QUERY_CHUNK, TIE_TOLERANCE, AspectScorer, count_ahead
 
 
 @runtime_checkable
@@ -145,6 +145,9 @@ def _evaluate_task(cache: _VectorCache, dataset: Dataset, task: str, split: str,
     truth = Judgements.from_qrels(qrels)
     pool_modalities = [r.modality for r in pool]
     mixed = len(set(pool_modalities)) > 1
+    scorer = cache.scorer  # AGFF: the model's aggregation; its scores have no single-vector calibration
+    if scorer is not None:
+        calibrate = None
     shares: tuple[dict[str, float], dict[str, float]] = ({}, {})
     if queries and mixed and calibrate:
         per_query, top = _calibrated(query_vectors, corpus, corpus_ok, pool_modalities, qrels, calibrate, tie_tolerance, device)
@@ -153,13 +156,13 @@ def _evaluate_task(cache: _VectorCache, dataset: Dataset, task: str, split: str,
     elif queries:
         rel_scores, ahead = count_ahead(
             query_vectors, corpus, truth.relevant, tie_tolerance=tie_tolerance,
-            query_chunk=query_chunk, corpus_chunk=chunk_size, device=device,
+            query_chunk=query_chunk, corpus_chunk=chunk_size, device=device, scorer=scorer,
         )
         per_query = metrics_from_positions(relevant_positions(rel_scores, ahead, truth.grades), truth.grades)
         # Search already ranks a failed query's relevant items last; zeroing makes "a miss" exact.
         metrics = mean_metrics({name: np.where(query_ok, values, 0.0) for name, values in per_query.items()})
         if mixed:
-            shares = modality_shares(raw_top(query_vectors, corpus, device), pool_modalities, qrels, query_ok)
+            shares = modality_shares(raw_top(query_vectors, corpus, device, scorer), pool_modalities, qrels, query_ok)
     else:
         metrics = mean_metrics({name: np.zeros(0) for name in METRICS})
     return TaskResult(
@@ -191,6 +194,9 @@ class _VectorCache:
         self.rows: dict[tuple[str, str], np.ndarray] = {}
         self.failures: dict[tuple[str, str], Failure] = {}
         self.dim: int | None = None
+        # AGFF models: rows are the K aspect vectors flattened, scored by the model's aggregation
+        module = getattr(encoder, "aspect_tokens", None)
+        self.scorer = AspectScorer(module) if module is not None else None
 
     def vectors(self, records: Sequence[Record], role: str, show_progress: bool | None) -> tuple[np.ndarray, np.ndarray]:
         """[n, dim] float32 rows (NaN where the item failed) and a boolean mask of the good rows."""
@@ -204,10 +210,13 @@ class _VectorCache:
 
     def _encode(self, records: list[Record], role: str, show_progress: bool | None) -> None:
         items = [self.dataset.item(r) for r in records]
+        aspects = {"aspects": True} if self.scorer is not None else {}
         out = self.encoder.encode(items, batch_size=self.batch_size, role=role, show_progress=show_progress,
-                                  errors="ignore", return_errors=True)
+                                  errors="ignore", return_errors=True, **aspects)
         vectors, errors = out if isinstance(out, tuple) else (out, [])
         vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim == 3:  # AGFF: (N, K, D) -> (N, K * D)
+            vectors = vectors.reshape(vectors.shape[0], vectors.shape[1] * vectors.shape[2])
         if vectors.shape[0] != len(records):
             raise OmniError(f"the encoder returned {vectors.shape[0]} vectors for {len(records)} items: it must return one row per item")
         if self.dim is not None and vectors.shape[1] != self.dim:

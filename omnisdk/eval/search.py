@@ -6,6 +6,9 @@ the corpus size: with the defaults a block is 1,024 x 8,192 float32 (32 MB) plus
 same shape, about 150 MB in all, for any corpus (100k x 10k x 384 included; the inputs themselves
 are extra).
 
+A `scorer` replaces the dot product: `AspectScorer` scores AGFF rows (each row the K aspect
+vectors of an item, flattened to K * dim) with the model's aggregation (omnisdk/aggregation.py).
+
 Rows that are not finite mark failed items: a failed corpus row scores -inf against every query (it
 can never be retrieved), a failed query row scores -inf against every corpus row.
 """
@@ -28,6 +31,42 @@ TIE_TOLERANCE = 1e-5
 _SORT_ABOVE = 32
 
 
+class AspectScorer:
+    """Scores of AGFF rows [n, K * dim] with an AspectTokens module's aggregation, in bounded memory."""
+
+    #: corpus rows scored at once: a block holds queries x CORPUS_STEP x |P| pair similarities
+    CORPUS_STEP = 512
+
+    def __init__(self, module):
+        self.module, self.k = module, module.count
+
+    def _split(self, rows: torch.Tensor) -> torch.Tensor:
+        return rows.reshape(*rows.shape[:-1], self.k, -1)
+
+    def matrix(self, queries: torch.Tensor, corpus: torch.Tensor) -> torch.Tensor:
+        from omnisdk.aggregation import pairwise_sims
+
+        q = self._split(queries)
+        out = []
+        with torch.no_grad():
+            for start in range(0, corpus.shape[0], self.CORPUS_STEP):
+                c = self._split(corpus[start : start + self.CORPUS_STEP])
+                out.append(self.module.aggregate(pairwise_sims(q, c, self.module.spec.pairs).to(self._device)).to(q.device))
+        return torch.cat(out, dim=1) if out else queries.new_zeros((queries.shape[0], 0))
+
+    def rows(self, queries: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Each query [n, F] against its own items [n, R, F] -> [n, R]."""
+        from omnisdk.aggregation import pair_sims
+
+        with torch.no_grad():
+            sims = pair_sims(self._split(queries).unsqueeze(1), self._split(items), self.module.spec.pairs)
+            return self.module.aggregate(sims.to(self._device)).to(queries.device)
+
+    @property
+    def _device(self) -> torch.device:
+        return self.module.log_temperature.device
+
+
 @dataclass
 class TopK:
     """The best `k` corpus rows per query, best first; equal scores list the lower corpus index first."""
@@ -44,6 +83,7 @@ def top_k(
     query_chunk: int = DEFAULT_QUERY_CHUNK,
     corpus_chunk: int = DEFAULT_CORPUS_CHUNK,
     device: str | torch.device | None = None,
+    scorer: AspectScorer | None = None,
 ) -> TopK:
     """Exact top-k of `queries @ corpus.T`, merged chunk by chunk; deterministic tie order.
 
@@ -61,7 +101,7 @@ def top_k(
     for q0, q_block in _chunks(q_all, query_chunk):
         best_scores = torch.empty((q_block.shape[0], 0), dtype=torch.float32, device=q_block.device)
         best_indices = torch.empty((q_block.shape[0], 0), dtype=torch.int64, device=q_block.device)
-        for c0, scores in _score_blocks(q_block, pool, corpus_chunk):
+        for c0, scores in _score_blocks(q_block, pool, corpus_chunk, scorer):
             block_scores, block_indices = _block_top_k(scores, k)
             # Earlier blocks hold lower indices, and each part is already in (score desc, index asc)
             # order, so a stable sort of the concatenation keeps that order for equal scores.
@@ -115,6 +155,7 @@ def count_ahead(
     query_chunk: int = DEFAULT_QUERY_CHUNK,
     corpus_chunk: int = DEFAULT_CORPUS_CHUNK,
     device: str | torch.device | None = None,
+    scorer: AspectScorer | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each query's relevant items: their scores, and how many non-relevant items rank ahead.
 
@@ -133,14 +174,14 @@ def count_ahead(
         raise ValueError(f"relevant indices must lie in [0, {c_all.shape[0]}) or be -1 (padding)")
     rel_all = torch.from_numpy(relevant).to(q_all.device)
     pool = _Corpus.of(c_all)
-    rel_scores = _relevant_scores(q_all, pool, rel_all)
+    rel_scores = _relevant_scores(q_all, pool, rel_all, scorer)
     ahead = torch.zeros(rel_all.shape, dtype=torch.int64)
     for q0, q_block in _chunks(q_all, query_chunk):
         rel = rel_all[q0 : q0 + q_block.shape[0]]
         # Padding thresholds are +inf, which no score reaches.
         thresholds = (rel_scores[q0 : q0 + q_block.shape[0]] - tie_tolerance).masked_fill(rel < 0, float("inf"))
         counts = torch.zeros(rel.shape, dtype=torch.int64, device=q_block.device)
-        for c0, scores in _score_blocks(q_block, pool, corpus_chunk):
+        for c0, scores in _score_blocks(q_block, pool, corpus_chunk, scorer):
             inside = (rel >= c0) & (rel < c0 + scores.shape[1])
             rows = torch.arange(rel.shape[0], device=rel.device).unsqueeze(1).expand_as(rel)
             # A query's own relevant items are not competitors: drop them to -inf, then take back
@@ -200,7 +241,7 @@ def _count_at_least(scores: torch.Tensor, thresholds: torch.Tensor, sort: bool |
     return scores.shape[1] - below
 
 
-def _relevant_scores(q_all: torch.Tensor, pool: _Corpus, rel: torch.Tensor) -> torch.Tensor:
+def _relevant_scores(q_all: torch.Tensor, pool: _Corpus, rel: torch.Tensor, scorer: AspectScorer | None = None) -> torch.Tensor:
     """Scores of each query against its own relevant rows, gathered in slices of bounded memory."""
     n, slots = rel.shape
     out = torch.empty((n, slots), dtype=torch.float32, device=q_all.device)
@@ -209,20 +250,23 @@ def _relevant_scores(q_all: torch.Tensor, pool: _Corpus, rel: torch.Tensor) -> t
     step = max(1, (32 << 20) // max(1, slots * pool.rows.shape[1] * 4))  # about 32 MB of gathered rows
     for start in range(0, n, step):
         idx = rel[start : start + step].clamp(min=0)
-        out[start : start + step] = torch.einsum("qd,qrd->qr", q_all[start : start + step], pool.rows[idx])
+        q_rows = torch.nan_to_num(q_all[start : start + step]) if scorer is not None else q_all[start : start + step]
+        out[start : start + step] = (torch.einsum("qd,qrd->qr", q_rows, pool.rows[idx]) if scorer is None
+                                     else scorer.rows(q_rows, pool.rows[idx]))
     bad_query = ~torch.isfinite(q_all).all(dim=1, keepdim=True)
     bad_doc = pool.bad[rel.clamp(min=0)]
     return out.masked_fill(bad_query | bad_doc, float("-inf"))
 
 
-def _score_blocks(q_block: torch.Tensor, corpus: _Corpus, corpus_chunk: int) -> Iterator[tuple[int, torch.Tensor]]:
+def _score_blocks(q_block: torch.Tensor, corpus: _Corpus, corpus_chunk: int,
+                  scorer: AspectScorer | None = None) -> Iterator[tuple[int, torch.Tensor]]:
     """(first corpus row, scores [queries, chunk]) per corpus chunk; failed rows score -inf."""
     bad_query = ~torch.isfinite(q_block).all(dim=1)
     any_bad_query = bool(bad_query.any())
     if any_bad_query:
         q_block = torch.nan_to_num(q_block, nan=0.0, posinf=0.0, neginf=0.0)
     for c0, c_block in _chunks(corpus.rows, corpus_chunk):
-        scores = q_block @ c_block.T
+        scores = q_block @ c_block.T if scorer is None else scorer.matrix(q_block, c_block)
         bad_doc = corpus.bad[c0 : c0 + c_block.shape[0]]
         if corpus.any_bad and bad_doc.any():
             scores[:, bad_doc] = float("-inf")

@@ -192,7 +192,9 @@ class Indexer:
         self.upsert_batch_size = upsert_batch_size
         self.progress = progress
         self.on_event = on_event
-        self.meta = ensure_collection(store, collection, dim=model.dim, fingerprint=model.fingerprint, model_path=model_dir)
+        self.meta = ensure_collection(store, collection, dim=model.dim, fingerprint=model.fingerprint, model_path=model_dir,
+                                      embedding=model.embedding_kind, aspects=model.aspect_count)
+        self._aspects = model.aspect_count  # AGFF: each point stores its K aspect vectors and their pooled vector
         local = store.local_dir(collection)
         self.error_log = Path(error_log) if error_log else (local / "errors.jsonl" if local else Path(".omnisdk") / f"{collection}.errors.jsonl")
 
@@ -269,7 +271,9 @@ class Indexer:
             with self._timer.phase("upsert"):
                 self.store.flush(self.collection)
                 self.store.optimize(self.collection)
-        if report.points_written or report.points_deleted or getattr(self.meta, "calibration", None) is None:
+        # AGFF search ranks by the model's aggregation, which the single-vector statistics do not describe.
+        stale = report.points_written or report.points_deleted or getattr(self.meta, "calibration", None) is None
+        if stale and not self._aspects:
             # The modality correction's statistics follow the collection (omnisdk.search.calibration).
             refresh_calibration(self.store, self.collection)
             self.meta = self.store.get_meta(self.collection)
@@ -322,8 +326,9 @@ class Indexer:
     def _embed(self, jobs: list[_Job]) -> None:
         jobs.sort(key=lambda j: (j.modality, str(j.path)))  # one modality per batch where possible
         work = [(job, i) for job in jobs for i in range(len(job.chunks))]
+        shape = (self._aspects, self.model.dim) if self._aspects else (self.model.dim,)
         for job in jobs:
-            job.vectors = np.full((len(job.chunks), self.model.dim), np.nan, dtype=np.float32)
+            job.vectors = np.full((len(job.chunks), *shape), np.nan, dtype=np.float32)
         progress = _progress_bar(len(work), self.progress)
         for start in range(0, len(work), self.batch_size):
             window = work[start : start + self.batch_size]
@@ -331,11 +336,11 @@ class Indexer:
             try:
                 vectors, failures = self.model.encode(
                     items, batch_size=self.batch_size, role="document", errors="ignore", return_errors=True,
-                    show_progress=False, timer=self._timer,
+                    show_progress=False, timer=self._timer, **({"aspects": True} if self._aspects else {}),
                 )
                 causes = {f.index: f.cause for f in failures}
             except Exception as exc:  # a plugin bug on this batch: its files fail, the run goes on
-                vectors = np.full((len(items), self.model.dim), np.nan, dtype=np.float32)
+                vectors = np.full((len(items), *shape), np.nan, dtype=np.float32)
                 causes = {k: f"{type(exc).__name__}: {exc}" for k in range(len(items))}
             for k, (job, i) in enumerate(window):
                 job.vectors[i] = vectors[k]
@@ -360,7 +365,7 @@ class Indexer:
         indexed_at = now_iso()
         points = [
             StoredPoint(
-                point_id(job.sha256, source, job.chunks[i].locator), job.vectors[i],
+                point_id(job.sha256, source, job.chunks[i].locator), self._point_vector(job.vectors[i]),
                 _payload(job.modality, source, job.chunks[i].locator, job.sha256, job.size, job.mtime, len(good), indexed_at,
                          job.chunks[i].text),
             )
@@ -370,6 +375,15 @@ class Indexer:
         self._delete(job.path, job.old_ids - {p.id for p in points})
         report.indexed += 1
         self._event("file", path=source, status="partial" if job.causes else "indexed", points=len(points))
+
+    def _point_vector(self, vector: np.ndarray):
+        """What a point stores: the vector, or for AGFF its K aspect vectors and their pooled vector."""
+        if not self._aspects:
+            return vector
+        from omnisdk.store.base import ASPECTS, POOLED
+
+        mean = vector.mean(axis=0)
+        return {POOLED: mean / max(float(np.linalg.norm(mean)), 1e-12), ASPECTS: vector}
 
     def _copy(self, path: Path, modality: str, st: Any, sha: str, group: _Group, old_ids: set[str]) -> bool:
         """Points for a file whose content is stored under another path: its vectors, new ids and payloads."""

@@ -29,7 +29,12 @@ one query per modality, each modality's scores standardised by that modality's o
 distribution for this query, then merged; exact, because the correction keeps each modality's order.
 The merge first uses one wider raw query, and asks a modality for its own top only when that
 query cannot rule out its unseen items.
-`SearchHit.score` stays the cosine similarity; `SearchHit.calibrated` is the score the hits are
+AGFF collections (indexed with an AGFF model, omnisdk/aspects.py): the query's K aspect vectors
+prefetch `max(PREFETCH x limit, PREFETCH_MIN)` candidates by the stored multivector's MaxSim, which
+are then rescored exactly with the model's own aggregation (omnisdk/aggregation.py), and
+`SearchHit.score` is that aggregated similarity; a plain vector given to `search_vector` searches
+the stored pooled vector. The modality calibration does not apply to AGFF scores (not yet built).
+Otherwise `SearchHit.score` stays the cosine similarity; `SearchHit.calibrated` is the score the hits are
 ranked by (None when uncalibrated). One modality (or `calibrate=False`, or a collection without
 statistics) is the plain nearest-neighbour search.
 """
@@ -44,7 +49,7 @@ import numpy as np
 from omnisdk.errors import OmniError
 from omnisdk.items import Item, Locator, as_item
 from omnisdk.search.calibration import Calibration, calibrated_top, stored_calibration
-from omnisdk.store.base import Hit, Store, StoreError, check_fingerprint, modality_list
+from omnisdk.store.base import ASPECTS, Hit, Store, StoreError, check_fingerprint, check_kind, modality_list
 
 #: Up to this many points, search scores every point (see the module docstring).
 EXACT_SEARCH_UP_TO = 100_000
@@ -52,6 +57,8 @@ EXACT_SEARCH_UP_TO = 100_000
 CALIBRATION_POOL = 2
 #: The payload keys a calibrated search's wide queries read: what the merge needs.
 MERGE_FIELDS = ("modality",)
+#: AGFF search rescores the best max(PREFETCH x limit, PREFETCH_MIN) candidates by MaxSim.
+PREFETCH, PREFETCH_MIN = 4, 50
 
 
 @dataclass
@@ -101,6 +108,7 @@ class Searcher:
         self.meta = store.get_meta(collection)
         if model is None:
             model = self._load_model(model_dir, device, precision)
+        check_kind(self.meta, model.embedding_kind, model.aspect_count, collection, "search")
         check_fingerprint(self.meta, model.fingerprint, collection, "search")
         self.model = model
 
@@ -118,13 +126,19 @@ class Searcher:
                     "pass the model (--model DIR)"
                 )
         # Refuse another model from its manifest, before loading any weights.
-        check_fingerprint(self.meta, read_manifest(Path(model_dir)).fingerprint, self.collection, "search")
+        manifest = read_manifest(Path(model_dir))
+        aspects = manifest.backbone.aspects
+        check_kind(self.meta, "single" if aspects is None else "agff", 0 if aspects is None else aspects.count,
+                   self.collection, "search")
+        check_fingerprint(self.meta, manifest.fingerprint, self.collection, "search")
         return OmniModel.load(model_dir, device=device, precision=precision)
 
     def encode_query(self, query: str | Path | Item) -> np.ndarray:
-        """The query's vector (role "query"); an OmniError with the cause when it cannot be encoded."""
+        """The query's vector (role "query"), or its K aspect vectors (K, dim) for an AGFF collection; an
+        OmniError with the cause when it cannot be encoded."""
         item = as_item(query)
-        vectors, failures = self.model.encode([item], role="query", errors="ignore", return_errors=True, show_progress=False)
+        vectors, failures = self.model.encode([item], role="query", errors="ignore", return_errors=True, show_progress=False,
+                                              **({"aspects": True} if self.meta.embedding == "agff" else {}))
         if failures or not np.isfinite(vectors[0]).all():
             cause = failures[0].cause if failures else "the model returned no vector"
             raise OmniError(f"cannot encode the query {item.label()}: {cause}")
@@ -142,6 +156,8 @@ class Searcher:
             raise OmniError(f"limit must be at least 1, not {limit}")
         vector = np.asarray(vector, dtype=np.float32)
         wanted = modality_list(modalities)
+        if self.meta.embedding == "agff":
+            return self._search_agff(vector, limit, wanted)
         calibration = self.calibration()
         try:
             points = self.store.count(self.collection)
@@ -180,6 +196,26 @@ class Searcher:
         payloads = {p.id: p.payload for p in self.store.retrieve(self.collection, [h.id for _, _, h in merged])}
         # a point deleted between the query and the read keeps its place, with the payload it came with
         return [(calibrated, raw, Hit(h.id, h.score, payloads.get(h.id, h.payload))) for calibrated, raw, h in merged]
+    def _search_agff(self, vector: np.ndarray, limit: int, wanted: list[str] | None) -> list[SearchHit]:
+        """Aspect vectors (K, dim): MaxSim prefetch, exact rescoring by the aggregation; a (dim,) vector: the pooled one."""
+        try:
+            exact = self.exact if self.exact is not None else self.store.count(self.collection) <= EXACT_SEARCH_UP_TO
+            if vector.ndim == 1:
+                hits = self.store.query(self.collection, vector, limit, wanted, exact=exact)
+                return [self._hit(rank, hit) for rank, hit in enumerate(hits, start=1)]
+            pool = max(PREFETCH * limit, PREFETCH_MIN)
+            candidates = self.store.query(self.collection, vector, pool, wanted, exact=exact, using=ASPECTS, with_vectors=True)
+        except StoreError:
+            raise
+        except Exception as exc:  # a backend error on query: one line naming the collection
+            raise StoreError(f"searching collection '{self.collection}' in {self.store.location} failed: {exc}") from exc
+        if not candidates:
+            return []
+        stored = np.asarray([hit.vector[ASPECTS] for hit in candidates], dtype=np.float32)
+        scores = self.model.similarity(vector[None], stored)[0].numpy()
+        order = np.argsort(-scores, kind="stable")[:limit]  # ties keep the MaxSim order
+        return [self._hit(rank, Hit(candidates[i].id, float(scores[i]), candidates[i].payload))
+                for rank, i in enumerate(order, start=1)]
 
     def calibration(self) -> Calibration | None:
         """The collection's statistics for the modality correction, or None (switched off, or none recorded)."""

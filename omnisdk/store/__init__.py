@@ -16,7 +16,9 @@
 Every collection records a `CollectionMeta` (model fingerprint, dimension, distance, model path,
 omnisdk version): Qdrant Edge in `collection.json` beside its shard, qdrant-client in the
 collection's Qdrant metadata (or a sidecar collection on servers without it). `ensure_collection`
-opens or creates one and refuses a model with another fingerprint. Indexing and search on top of
+opens or creates one and refuses a model with another fingerprint or kind of embedding. An AGFF
+collection (`CollectionMeta.embedding == "agff"`) holds two named vectors per point: "pooled" (one
+vector, what a plain query searches) and "aspects" (the K aspect vectors, a MaxSim multivector). Indexing and search on top of
 a store: `omnisdk.search` (`Indexer`, `Searcher`).
 """
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 from omnisdk.store.base import (
     CollectionMeta,
     CollectionNotFoundError,
+    EmbeddingKindMismatchError,
     FingerprintMismatchError,
     Hit,
     Store,
@@ -34,6 +37,7 @@ from omnisdk.store.base import (
     StoreError,
     StoreLockedError,
     check_fingerprint,
+    check_kind,
     check_name,
     ensure_collection,
 )
@@ -44,6 +48,7 @@ __all__ = [
     "DEFAULT_STORE",
     "CollectionMeta",
     "CollectionNotFoundError",
+    "EmbeddingKindMismatchError",
     "FingerprintMismatchError",
     "Hit",
     "Store",
@@ -51,6 +56,7 @@ __all__ = [
     "StoreLockedError",
     "StoredPoint",
     "check_fingerprint",
+    "check_kind",
     "check_name",
     "ensure_collection",
     "open_store",

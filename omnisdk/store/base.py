@@ -13,6 +13,10 @@ from omnisdk import __version__
 from omnisdk.errors import OmniError
 
 Distance = Literal["cosine", "dot", "euclid"]
+EmbeddingKind = Literal["single", "agff"]
+#: An AGFF collection's named vectors: the pooled vector (plain clients) and the K aspect vectors
+#: as a multivector compared by MaxSim (search prefetches with it, then rescores exactly).
+POOLED, ASPECTS = "pooled", "aspects"
 #: Payload fields with a keyword index where the backend supports one: the search filter and the
 #: indexer's bookkeeping (delete by source, find a file's chunks by content) read them.
 INDEXED_FIELDS = ("modality", "source", "sha256")
@@ -33,6 +37,10 @@ class StoreLockedError(StoreError):
 
 class FingerprintMismatchError(StoreError):
     """The collection was indexed with another model than the one at hand."""
+
+
+class EmbeddingKindMismatchError(StoreError):
+    """The collection holds another kind of embedding (one vector, or AGFF aspect vectors) than the model makes."""
 
 
 class CollectionMeta(BaseModel):
@@ -56,6 +64,10 @@ class CollectionMeta(BaseModel):
     #: per-modality score statistics for the query-time modality correction (omnisdk.search.calibration),
     #: refreshed by the indexer; None until a run has written vectors.
     calibration: dict[str, Any] | None = None
+    #: "single": one vector per point; "agff": named vectors POOLED and ASPECTS (K x dim multivector).
+    embedding: EmbeddingKind = "single"
+    #: K, the aspect vectors per point of an "agff" collection; 0 for "single".
+    aspects: int = 0
 
     def model_post_init(self, _context: Any) -> None:
         if not self.created_at:
@@ -67,7 +79,8 @@ class StoredPoint:
     """A point as written to or read from a store; `vector` is None when it was not asked for."""
 
     id: str
-    vector: Any = None  # a float sequence (list or numpy array)
+    #: a float sequence (list or numpy array); in an AGFF collection {POOLED: [dim], ASPECTS: [K][dim]}
+    vector: Any = None
     payload: dict[str, Any] = field(default_factory=dict)
 
 
@@ -78,6 +91,8 @@ class Hit:
     id: str
     score: float
     payload: dict[str, Any]
+    #: the point's vector(s), when the query asked for them (`with_vectors=True`)
+    vector: Any = None
 
 
 @runtime_checkable
@@ -123,8 +138,12 @@ class Store(Protocol):
     def query(
         self, collection: str, vector: Any, limit: int = 10, modalities: Sequence[str] | None = None, *, exact: bool = False,
         fields: Sequence[str] | None = None,
+        using: str | None = None, with_vectors: bool = False,
     ) -> list[Hit]:
         """Nearest points, best first; `modalities` keeps only points whose payload modality is listed.
+
+        In an AGFF collection `using` names the vector searched: POOLED (the default, for a plain
+        vector) or ASPECTS (a [K][dim] query, scored by MaxSim). `with_vectors` fills `Hit.vector`.
 
         `exact=True` scores every (filtered) point instead of walking the HNSW graph, which Qdrant
         builds once a collection outgrows its indexing threshold (about 10k 384-d vectors).
@@ -173,19 +192,36 @@ def check_fingerprint(meta: CollectionMeta, fingerprint: str, collection: str, a
     )
 
 
+def check_kind(meta: CollectionMeta, embedding: str, aspects: int, collection: str, action: str = "search") -> None:
+    """Refuse a model whose kind of embedding (one vector, or K AGFF aspect vectors) differs from the collection's."""
+    if meta.embedding == embedding and (embedding != "agff" or meta.aspects == aspects):
+        return
+    raise EmbeddingKindMismatchError(
+        f"cannot {action} collection '{collection}' with this model: the collection holds "
+        f"{_kind(meta.embedding, meta.aspects)}, the model makes {_kind(embedding, aspects)}. Use the model the "
+        "collection was indexed with, or index into a new collection"
+    )
+
+
+def _kind(embedding: str, aspects: int) -> str:
+    return f"AGFF embeddings ({aspects} aspect vectors per item)" if embedding == "agff" else "single vectors"
+
+
 def ensure_collection(
     store: Store, collection: str, *, dim: int, fingerprint: str, model_path: str | Path | None = None,
-    action: str = "index into",
+    action: str = "index into", embedding: str = "single", aspects: int = 0,
 ) -> CollectionMeta:
-    """Open the collection if it exists (refusing another model or dimension), else create it."""
+    """Open the collection if it exists (refusing another kind of embedding, model or dimension), else create it."""
     check_name(collection)
     if store.collection_exists(collection):
         meta = store.get_meta(collection)
+        check_kind(meta, embedding, aspects, collection, action)
         check_fingerprint(meta, fingerprint, collection, action)
         if meta.dim != dim:  # same fingerprint, other dim: only a hand-edited metadata file gets here
             raise StoreError(f"collection '{collection}' holds {meta.dim}-d vectors, the model makes {dim}-d ones")
         return meta
-    meta = CollectionMeta(dim=dim, fingerprint=fingerprint, model_path=str(Path(model_path).resolve()) if model_path else None)
+    meta = CollectionMeta(dim=dim, fingerprint=fingerprint, model_path=str(Path(model_path).resolve()) if model_path else None,
+                          embedding=embedding, aspects=aspects)
     store.create_collection(collection, meta)
     return meta
 
@@ -198,6 +234,26 @@ def modality_list(modalities: str | Sequence[str] | None) -> list[str] | None:
         modalities = [modalities]
     out = list(dict.fromkeys(modalities))
     return out or None
+
+
+def as_vector(vector: Any) -> Any:
+    """Plain lists for a backend: a vector, a multivector, or a dict of named ones."""
+    if isinstance(vector, dict):
+        return {name: as_vector(v) for name, v in vector.items()}
+    if hasattr(vector, "tolist"):
+        return vector.tolist()
+    return [as_vector(x) if isinstance(x, (list, tuple)) or hasattr(x, "tolist") else float(x) for x in vector]
+
+
+def default_using(meta: CollectionMeta, using: str | None) -> str | None:
+    """The named vector a query searches: POOLED by default in an AGFF collection, the unnamed one otherwise."""
+    if meta.embedding != "agff":
+        if using not in (None, POOLED):
+            raise StoreError(f"this collection holds single vectors; there is no '{using}' vector to search")
+        return None
+    if using not in (None, POOLED, ASPECTS):
+        raise StoreError(f"an AGFF collection has the vectors '{POOLED}' and '{ASPECTS}', not '{using}'")
+    return using or POOLED
 
 
 def now_iso() -> str:

@@ -20,14 +20,18 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from omnisdk.store.base import (
+    ASPECTS,
     INDEXED_FIELDS,
+    POOLED,
     CollectionMeta,
     CollectionNotFoundError,
     Hit,
     StoredPoint,
     StoreError,
     StoreLockedError,
+    as_vector,
     check_name,
+    default_using,
     modality_list,
 )
 
@@ -99,7 +103,7 @@ class ClientStore:
         distance = {"cosine": models.Distance.COSINE, "dot": models.Distance.DOT, "euclid": models.Distance.EUCLID}[meta.distance]
         self._call(
             "create a collection", self.client.create_collection, collection,
-            vectors_config=models.VectorParams(size=meta.dim, distance=distance),
+            vectors_config=_vectors_config(models, meta, distance),
             metadata={_META_KEY: meta.model_dump()},
         )
         if self.remote:
@@ -147,7 +151,7 @@ class ClientStore:
         _, models = _qdrant()
         written, batch = 0, []
         for point in points:
-            batch.append(models.PointStruct(id=point.id, vector=_as_list(point.vector), payload=point.payload))
+            batch.append(models.PointStruct(id=point.id, vector=as_vector(point.vector), payload=point.payload))
             if len(batch) >= batch_size:
                 self.client.upsert(collection, points=batch, wait=True)
                 written, batch = written + len(batch), []
@@ -177,15 +181,17 @@ class ClientStore:
     def query(
         self, collection: str, vector: Any, limit: int = 10, modalities: Sequence[str] | None = None, *, exact: bool = False,
         fields: Sequence[str] | None = None,
+        using: str | None = None, with_vectors: bool = False,
     ) -> list[Hit]:
         _, models = _qdrant()
         response = self.client.query_points(
-            collection, query=_as_list(vector), limit=int(limit), query_filter=_modality_filter(modalities),
+            collection, query=as_vector(vector), using=default_using(self.get_meta(collection), using), limit=int(limit),
+            query_filter=_modality_filter(modalities), with_vectors=with_vectors,
             with_payload=True if fields is None else models.PayloadSelectorInclude(include=list(fields)),
             # the local modes are always exact (and warn when told so)
             search_params=models.SearchParams(exact=True) if exact and self.remote else None,
         )
-        return [Hit(str(p.id), float(p.score), p.payload or {}) for p in response.points]
+        return [Hit(str(p.id), float(p.score), p.payload or {}, p.vector if with_vectors else None) for p in response.points]
 
     def scroll(self, collection: str, *, with_vectors: bool = False, page_size: int = 1024) -> Iterator[StoredPoint]:
         offset = None
@@ -255,5 +261,10 @@ def _modality_filter(modalities: Sequence[str] | None):
     return models.Filter(must=[models.FieldCondition(key="modality", match=models.MatchAny(any=list(modalities)))])
 
 
-def _as_list(vector: Any) -> list[float]:
-    return vector.tolist() if hasattr(vector, "tolist") else [float(x) for x in vector]
+def _vectors_config(models, meta: CollectionMeta, distance):
+    """One unnamed vector, or for AGFF the pooled vector plus the aspects as a MaxSim multivector."""
+    single = models.VectorParams(size=meta.dim, distance=distance)
+    if meta.embedding != "agff":
+        return single
+    multi = models.MultiVectorConfig(comparator=models.MultiVectorComparator.MAX_SIM)
+    return {POOLED: single, ASPECTS: models.VectorParams(size=meta.dim, distance=distance, multivector_config=multi)}

@@ -26,14 +26,18 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from omnisdk.checkpoint import atomic_write
 from omnisdk.store.base import (
+    ASPECTS,
     INDEXED_FIELDS,
+    POOLED,
     CollectionMeta,
     CollectionNotFoundError,
     Hit,
     StoredPoint,
     StoreError,
     StoreLockedError,
+    as_vector,
     check_name,
+    default_using,
     modality_list,
 )
 
@@ -92,7 +96,11 @@ class EdgeStore:
         if shard_dir.exists():  # a creation killed before its metadata was written: nothing to keep
             shutil.rmtree(shard_dir)
         distance = {"cosine": edge.Distance.Cosine, "dot": edge.Distance.Dot, "euclid": edge.Distance.Euclid}[meta.distance]
-        shard = edge.EdgeShard.create(str(shard_dir), edge.EdgeConfig(vectors=edge.EdgeVectorParams(meta.dim, distance)))
+        vectors = edge.EdgeVectorParams(meta.dim, distance)
+        if meta.embedding == "agff":  # the pooled vector for plain clients, the aspects as a MaxSim multivector
+            multi = edge.MultiVectorConfig(edge.MultiVectorComparator.MaxSim)
+            vectors = {POOLED: vectors, ASPECTS: edge.EdgeVectorParams(meta.dim, distance, multivector_config=multi)}
+        shard = edge.EdgeShard.create(str(shard_dir), edge.EdgeConfig(vectors=vectors))
         for name in INDEXED_FIELDS:
             shard.update(edge.UpdateOperation.create_field_index(name, edge.PayloadSchemaType.Keyword))
         shard.flush()
@@ -143,7 +151,7 @@ class EdgeStore:
         shard = self._shard(collection)
         written, batch = 0, []
         for point in points:
-            batch.append(edge.Point(point.id, _as_list(point.vector), point.payload))
+            batch.append(edge.Point(point.id, as_vector(point.vector), point.payload))
             if len(batch) >= batch_size:
                 shard.update(edge.UpdateOperation.upsert_points(batch))
                 written, batch = written + len(batch), []
@@ -172,14 +180,18 @@ class EdgeStore:
     def query(
         self, collection: str, vector: Any, limit: int = 10, modalities: Sequence[str] | None = None, *, exact: bool = False,
         fields: Sequence[str] | None = None,
+        using: str | None = None, with_vectors: bool = False,
     ) -> list[Hit]:
         edge = _edge()
+        shard = self._shard(collection)
+        name = default_using(self.get_meta(collection), using)
+        nearest = edge.Query.Nearest(as_vector(vector), using=name) if name else edge.Query.Nearest(as_vector(vector))
         request = edge.QueryRequest(
-            limit=int(limit), query=edge.Query.Nearest(_as_list(vector)), filter=_modality_filter(modalities),
+            limit=int(limit), query=nearest, filter=_modality_filter(modalities),
             with_payload=True if fields is None else edge.PayloadSelector.Include(list(fields)),
-            params=edge.SearchParams(exact=True) if exact else None,
+            with_vector=with_vectors or None, params=edge.SearchParams(exact=True) if exact else None,
         )
-        return [Hit(str(p.id), float(p.score), p.payload or {}) for p in self._shard(collection).query(request)]
+        return [Hit(str(p.id), float(p.score), p.payload or {}, p.vector if with_vectors else None) for p in shard.query(request)]
 
     def scroll(self, collection: str, *, with_vectors: bool = False, page_size: int = 1024) -> Iterator[StoredPoint]:
         edge = _edge()
@@ -288,7 +300,4 @@ def _modality_filter(modalities: Sequence[str] | None):
     edge = _edge()
     return edge.Filter(must=[edge.FieldCondition("modality", match=edge.MatchAny(list(modalities)))])
 
-
-def _as_list(vector: Any) -> list[float]:
-    return vector.tolist() if hasattr(vector, "tolist") else [float(x) for x in vector]
 
