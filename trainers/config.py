@@ -81,6 +81,10 @@ class TrainConfig(BaseModel):
     #: mode, as frozen feature extractors usually do: their dropout would only add noise to what the
     #: trained parts learn from. True keeps them in train mode.
     frozen_dropout: bool = False
+    #: BatchNorm layers keep their running statistics (eval-mode normalisation) while their weights
+    #: train. Specialists set it: a tower shared by several plugins (images, video frames, pages)
+    #: would otherwise re-estimate its statistics on one modality alone, and fusion would merge them.
+    freeze_batchnorm_stats: bool = False
 
     @model_validator(mode="after")
     def _lora_needs_full_backbone_choice(self) -> "TrainConfig":

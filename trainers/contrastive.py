@@ -167,8 +167,13 @@ class ContrastiveTrainer:
                            skipped_items=skipped, resumed_from=resumed, losses=losses)
 
     def _train_mode(self) -> None:
-        """Train mode, except for modules none of whose parameters train (unless `frozen_dropout`)."""
+        """Train mode, except for modules none of whose parameters train (unless `frozen_dropout`) and,
+        with `freeze_batchnorm_stats`, BatchNorm layers."""
         self.model.train()
+        if self.config.freeze_batchnorm_stats:
+            for module in self.model.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         if self.config.frozen_dropout:
             return
         trained = {id(p) for p in self.trained.values()}
