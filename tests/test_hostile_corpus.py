@@ -2,7 +2,7 @@
 
 Run through `OmniModel.encode` one file at a time (a per-file time limit) and through one
 `omnisdk embed` over the whole corpus (a subprocess, as a user runs it; its peak RSS is measured).
-Images, audio, text and special files so far; videos and PDFs are still to add (issue 18).
+Images, audio, videos, PDFs, text and special files.
 """
 from __future__ import annotations
 
@@ -16,18 +16,14 @@ import time
 import numpy as np
 import pytest
 
-from hostile.corpus import build
 from omnisdk.items import printable
 
 PER_FILE_LIMIT_S = 20.0  # far above the slowest file (a 1 MB word, about 3 s under load): catches hangs
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory, tiny_model_factory):
-    root = tmp_path_factory.mktemp("hostile")
-    model = tiny_model_factory(modalities=["text", "image", "audio"])
-    model.save(root / "model")
-    return root, model, build(root / "corpus")
+def corpus(hostile):
+    return hostile
 
 
 def _outcome(vector: np.ndarray, failures) -> str:
@@ -41,7 +37,8 @@ def _outcome(vector: np.ndarray, failures) -> str:
 def test_encode_gives_each_file_a_unit_vector_or_a_one_line_error(corpus, monkeypatch):
     root, model, cases = corpus
     monkeypatch.setenv("OMNISDK_PIPE_TIMEOUT_S", "0.5")  # the FIFO nobody writes to
-    assert len(cases) >= 55
+    assert len(cases) >= 60
+    assert {c.path.parent.name for c in cases} == {"image", "audio", "video", "pdf", "text", "special"}
     rows, wrong = [], []
     for case in cases:
         start = time.monotonic()
