@@ -71,8 +71,8 @@ FUSE_CHILD = """
     point, args = sys.argv[1], sys.argv[2:]
     if point == "manifest":  # every tensor written, the manifest not yet
         kill_at(checkpoint, "write_manifest", 1)
-    elif point == "rename":  # the staging directory complete, not yet renamed into place
-        kill_at(os, "replace", 1)
+    elif point == "rename":  # the staging directory complete, not yet renamed into place (the manifest's own
+        kill_at(os, "replace", 2)  # atomic write is the first os.replace)
     else:
         kill_at(stream.StreamingWriter, "write", int(point))
     sys.exit(main(args))
