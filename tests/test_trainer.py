@@ -264,22 +264,20 @@ def test_plugin_learning_rates_give_a_plugin_its_own_step(world, tmp_path):
     assert rates == {"backbone.": {1e-5}, "adapters.image.": {1e-3}, "adapters.audio.": {2e-4}}
 
 
-def test_a_specialist_keeps_a_shared_towers_batchnorm_statistics(world, tmp_path):
-    # A convolutional tower shared by images, frames and pages: a specialist trains its weights under
-    # the base's normalisation statistics, so fusion never merges one modality's statistics.
+def test_freeze_batchnorm_stats_keeps_a_towers_statistics_while_its_weights_train(world, tmp_path):
+    # A convolutional tower shared by images, frames and pages: with the option, a specialist trains
+    # its weights under the base's normalisation statistics.
     from omnisdk.presets import build_base
 
     base = tmp_path / "bn-base"
     build_base("tiny", modalities=["text", "image"], overrides={"image": {"tower": "resnet10t", "tower_kwargs": {},
                                                                         "image_size": 32, "token_grid": 1}}).save(base)
-    train_specialist(base, "image", world["data"], tmp_path / "spec", {**FAST, "steps": 2})
+    train_specialist(base, "image", world["data"], tmp_path / "spec", {**FAST, "steps": 2, "freeze_batchnorm_stats": True})
     before, after = _weights(base), _weights(tmp_path / "spec")
     stats = [k for k in before if "running_mean" in k or "running_var" in k]
     weights = [k for k in before if k.startswith("adapters.image.tower.") and k.endswith(".weight")]
     assert stats and all(torch.equal(before[k], after[k]) for k in stats)
     assert any(not torch.equal(before[k], after[k]) for k in weights)
-    # the joint stage (every modality at once) still re-estimates them
-    from omnisdk.trainers.stages import train_joint
-
-    train_joint(base, world["data"], tmp_path / "joint", {**FAST, "steps": 2})
-    assert any(not torch.equal(before[k], _weights(tmp_path / "joint")[k]) for k in stats)
+    # by default (and in the joint stage) they are re-estimated
+    train_specialist(base, "image", world["data"], tmp_path / "default", {**FAST, "steps": 2})
+    assert any(not torch.equal(before[k], _weights(tmp_path / "default")[k]) for k in stats)

@@ -46,7 +46,7 @@ def train_specialist(base: str | Path, plugin: str, data: str | Path | Dataset, 
     defaults = model.plugins[plugin].training
     config = _config(
         {"learning_rate": defaults.learning_rate, "steps": defaults.steps, "batch_size": defaults.batch_size,
-         "temperature": defaults.temperature, "warmup_ratio": defaults.warmup_ratio, "freeze_batchnorm_stats": True,
+         "temperature": defaults.temperature, "warmup_ratio": defaults.warmup_ratio,
          "trainable": ["backbone.*", *[f"adapters.{m}.*" for m in dependencies_of(model.plugins, plugin)]]},
         overrides)
     dataset = _dataset(data)
