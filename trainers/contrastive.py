@@ -256,8 +256,7 @@ class ContrastiveTrainer:
         if h == 0 or (negatives is None and not self._gathers):
             return None, None
         device = self.model.device
-        row_shape = tuple(negatives.shape[1:]) if negatives is not None else tuple(row_shape)  # (D,) or AGFF (K, D)
-        hard = torch.zeros(len(counts), h, *row_shape, device=device)
+        hard = torch.zeros(len(counts), h, *row_shape, device=device)  # a query's row: (D,) or AGFF (K, D)
         mask = torch.zeros(len(counts), h, dtype=torch.bool, device=device)
         if negatives is None:
             return hard, mask
