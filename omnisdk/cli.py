@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--density", type=float, default=1.0, help="fraction of each task vector kept by ties and dare (default 1)")
     p.add_argument("--lambda", dest="lam", type=float, default=1.0, help="scale of the merged task vector (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of dare's random drops (default 0)")
+    p.add_argument("--statistics", choices=["base", "merge"], default="base",
+                   help="BatchNorm running statistics: keep the base's (default) or merge them like weights")
     p.add_argument("--out", required=True, type=Path, help="new checkpoint directory to write")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_fuse)
@@ -405,7 +407,8 @@ def cmd_fuse(args: argparse.Namespace) -> int:
         except ValueError:
             raise OmniError(f"--weights {args.weights!r} is not a comma-separated list of numbers, e.g. 1,0.5") from None
     report = fuse(args.base, args.specialist, method=args.method, out=args.out, weights=weights,
-                  density=args.density, lam=args.lam, seed=args.seed, progress=False if args.json else None)
+                  density=args.density, lam=args.lam, seed=args.seed, statistics=args.statistics,
+                  progress=False if args.json else None)
     print(json.dumps(report.as_dict(), indent=2) if args.json else report.markdown())
     return 0
 

@@ -15,9 +15,13 @@ from omnisdk.fusion import fuse
 from omnisdk.pipeline.drift import check_drift
 
 VARIANTS = {
+    "ties-d0.5-merged-stats": dict(method="ties", density=0.5, statistics="merge"),
     "ties-d0.5": dict(method="ties", density=0.5),
+    "ties-d0.3": dict(method="ties", density=0.3),
+    "ties-d0.8": dict(method="ties", density=0.8),
     "task_arithmetic-l1": dict(method="task_arithmetic", lam=1.0),
-    "task_arithmetic-l0.25": dict(method="task_arithmetic", lam=0.25),
+    "task_arithmetic-l0.5": dict(method="task_arithmetic", lam=0.5),
+    "dare_ties-d0.5": dict(method="dare_ties", density=0.5),
 }
 
 
@@ -25,19 +29,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="an `omnisdk pipeline run` output directory")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
     args = parser.parse_args()
     out = args.out or args.run / "fusion-study"
     dataset = load_dataset(args.run / "data")
+    # the specialists' base: the aligned model where the run has an alignment stage
+    base = args.run / "aligned" if (args.run / "aligned" / "omnisdk.json").exists() else args.run / "base"
+    cache = args.run / "cache" if (args.run / "cache").is_dir() else None
     specialists = {p.name: p for p in sorted((args.run / "specialists").iterdir()) if (p / "omnisdk.json").exists()}
     results = {}
-    for name, settings in VARIANTS.items():
+    for name in args.variants.split(","):
         target = out / name
         if not (target / "omnisdk.json").exists():
-            fuse(args.run / "base", list(specialists.values()), out=target, progress=False, **settings)
-        report = check_drift(specialists, target, dataset, split="dev", show_progress=False)
+            fuse(base, list(specialists.values()), out=target, progress=False, **VARIANTS[name])
+        report = check_drift(specialists, target, dataset, split="dev", show_progress=False, cache=cache,
+                             precision="bf16")
         results[name] = report.model_dump()
         print(f"## {name}\n\n{report.to_markdown()}\n", flush=True)
-    (out / "study.json").write_text(json.dumps(results, indent=2))
+        (out / "study.json").write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

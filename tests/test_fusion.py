@@ -89,7 +89,8 @@ def test_fused_checkpoint_loads_encodes_and_records_its_lineage(zoo, tmp_path):
     base_fp = ckpt.read_manifest(zoo["base"]).fingerprint
     lineage = manifest.lineage
     assert lineage.stage == "fused" and lineage.method == "ties" and lineage.parents == [base_fp, *specialists]
-    assert lineage.coefficients == {"weights": [1.0, 1.0, 1.0], "density": 0.5, "lambda": 1.0, "seed": 0}
+    assert lineage.coefficients == {"weights": [1.0, 1.0, 1.0], "density": 0.5, "lambda": 1.0, "seed": 0,
+                                    "statistics": "base"}
     assert [s["plugin"] for s in lineage.settings["specialists"]] == MODALITIES and lineage.settings["base"] == base_fp
     assert sorted(p.name for p in (out / ckpt.TOKENIZER_DIR).iterdir()) == sorted(p.name for p in (zoo["base"] / ckpt.TOKENIZER_DIR).iterdir())
     tone = np.sin(np.linspace(0, 440 * 2 * np.pi, 16_000)).astype(np.float32)
@@ -229,3 +230,35 @@ def test_cli_fuse_errors_exit_2_with_one_line(zoo, tmp_path, capsys):
     assert main(base + ["--specialist", str(zoo["text"]), "--method", "ties", "--weights", "1,x"]) == 2
     assert "--weights '1,x' is not" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_running_statistics_stay_the_base_s_unless_merge_is_asked(tiny_model_factory, tmp_path):
+    """A specialist re-estimates BatchNorm statistics on its own modality; fusion keeps the base's by default."""
+    base = tiny_model_factory(["text", "image"], overrides={"image": {"tower": "resnet10t", "tower_kwargs": {},
+                                                                      "image_size": 32, "token_grid": 1}})
+    base.save(tmp_path / "base")
+    stats = [n for n in base.state_dict() if n.rsplit(".", 1)[-1] in ("running_mean", "running_var")]
+    assert stats, "the resnet tower should have BatchNorm statistics"
+    base_fp = ckpt.read_manifest(tmp_path / "base").fingerprint
+    specialists = []
+    for seed, plugin in enumerate(["text", "image"], start=1):
+        model = OmniModel.load(tmp_path / "base", device="cpu")
+        with torch.no_grad():
+            for name, tensor in model.state_dict().items():
+                if name in stats or name.startswith("backbone.") and tensor.is_floating_point():
+                    tensor.add_(0.1 * seed)  # moved statistics, as a specialist's training moves them
+        lineage = ckpt.Lineage(stage="specialist", parents=[base_fp], method="contrastive", settings={"plugin": plugin})
+        model.save(tmp_path / plugin, lineage=lineage)
+        specialists.append(tmp_path / plugin)
+    fuse(tmp_path / "base", specialists, method="task_arithmetic", out=tmp_path / "kept")
+    fuse(tmp_path / "base", specialists, method="task_arithmetic", statistics="merge", out=tmp_path / "merged")
+    original, kept, merged = (weights(tmp_path / d) for d in ("base", "kept", "merged"))
+    name = stats[0]
+    assert torch.equal(kept[name], original[name])
+    torch.testing.assert_close(merged[name], original[name] + 0.1 + 0.2, rtol=0, atol=1e-5)
+    weight = "backbone.encoder.layer.0.attention.self.query.weight"  # weights merge under either policy
+    torch.testing.assert_close(kept[weight], original[weight] + 0.3, rtol=0, atol=1e-5)
+    assert ckpt.read_manifest(tmp_path / "kept").lineage.coefficients["statistics"] == "base"
+    OmniModel.load(tmp_path / "kept", device="cpu")
+    with pytest.raises(FusionError, match="statistics 'mean'"):
+        plan_fusion(tmp_path / "base", specialists, method="ties", out=tmp_path / "x", statistics="mean")

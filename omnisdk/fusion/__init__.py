@@ -29,10 +29,14 @@ def fuse(
     density: float = 1.0,
     lam: float = 1.0,
     seed: int = 0,
+    statistics: str = "base",
     progress: bool | None = None,
 ) -> FusionReport:
-    """Plan (refusing bad inputs before writing anything), then write the fused checkpoint to `out`."""
-    plan = plan_fusion(base, specialists, method=method, out=out, weights=weights, density=density, lam=lam, seed=seed)
+    """Plan (refusing bad inputs before writing anything), then write the fused checkpoint to `out`.
+
+    `statistics="base"` keeps the base's BatchNorm running statistics; "merge" merges them like weights."""
+    plan = plan_fusion(base, specialists, method=method, out=out, weights=weights, density=density, lam=lam, seed=seed,
+                       statistics=statistics)
     return run_fusion(plan, progress=progress)
 
 

@@ -144,7 +144,7 @@ def _lineage(plan: FusionPlan) -> ckpt.Lineage:
         parents=[plan.base.fingerprint] + [s.checkpoint.fingerprint for s in plan.specialists],
         method=plan.method,
         coefficients={"weights": [s.weight for s in plan.specialists], "density": plan.density,
-                      "lambda": plan.lam, "seed": plan.seed},
+                      "lambda": plan.lam, "seed": plan.seed, "statistics": plan.statistics},
         settings={"base": plan.base.fingerprint, "specialists": specialists},
     )
 

@@ -13,6 +13,13 @@ data) and refuses, before anything is written, a specialist that:
 Each parameter then gets one action: "merge" (backbone and plugin-shared parameters: task vectors of
 every specialist), "copy" (a plugin-owned parameter, from that plugin's specialist) or "keep" (the
 base's value: an owned parameter of a plugin without a specialist, or a non-float tensor).
+
+Running statistics (BatchNorm's `running_mean` / `running_var`) are estimates of activations, not
+weights: a specialist re-estimates them on its own modality alone (a document specialist, on pages),
+and merging those estimates gives statistics that fit no modality. With `statistics="base"` (the
+default) fusion keeps the base's, estimated on every modality; measured on OmniWorld small's dev
+split this lifted the fused model's t2i hit@1 from 0.34 to 0.58 and digit_cls from 0.35 to 0.95
+(docs/results.md). `statistics="merge"` treats them as weights.
 """
 from __future__ import annotations
 
@@ -26,6 +33,9 @@ from omnisdk.errors import OmniError
 from omnisdk.modality import FusionSpec, parameter_owner
 
 Action = Literal["merge", "copy", "keep"]
+Statistics = Literal["base", "merge"]
+#: the last name component of a normalisation layer's running statistics (torch BatchNorm's buffers)
+RUNNING_STATISTICS = ("running_mean", "running_var")
 FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
 
 
@@ -76,6 +86,7 @@ class FusionPlan:
     out: Path
     parameters: list[ParameterPlan]  # in name order: the order fingerprints and the writer use
     warnings: list[str] = field(default_factory=list)
+    statistics: Statistics = "base"
 
 
 def plan_fusion(
@@ -88,8 +99,12 @@ def plan_fusion(
     density: float = 1.0,
     lam: float = 1.0,
     seed: int = 0,
+    statistics: Statistics = "base",
 ) -> FusionPlan:
-    """Validate the inputs and decide each parameter's action; reads headers only, writes nothing."""
+    """Validate the inputs and decide each parameter's action; reads headers only, writes nothing.
+
+    `statistics`: "base" keeps the base's running statistics (see the module docstring), "merge"
+    merges them like weights."""
     from omnisdk.plugin_manager import merge_methods
 
     if method not in merge_methods():
@@ -101,6 +116,8 @@ def plan_fusion(
         raise FusionError(f"{len(weights)} weights for {len(specialists)} specialists: give one weight per specialist")
     if not all(math.isfinite(w) for w in weights) or not math.isfinite(lam):
         raise FusionError(f"weights and lambda must be finite numbers (weights {weights}, lambda {lam})")
+    if statistics not in ("base", "merge"):
+        raise FusionError(f"statistics '{statistics}' is not one of: base (keep the base's running statistics), merge")
     if not 0 < density <= 1:
         raise FusionError(f"density {density} is outside (0, 1]: it is the fraction of each task vector kept")
     out = Path(out)
@@ -110,8 +127,9 @@ def plan_fusion(
     fusion = _fusion_specs(base_ckpt)
     chosen = [Specialist(c, _check_specialist(c, base_ckpt, fusion, opened[:i]), w)
               for i, (c, w) in enumerate(zip(opened, weights))]
-    parameters, warnings = _decide(base_ckpt, chosen, fusion)
-    return FusionPlan(base_ckpt, chosen, method, float(density), float(lam), int(seed), out, parameters, warnings)
+    parameters, warnings = _decide(base_ckpt, chosen, fusion, statistics)
+    return FusionPlan(base_ckpt, chosen, method, float(density), float(lam), int(seed), out, parameters, warnings,
+                      statistics)
 
 
 def open_checkpoint(path: Path) -> Checkpoint:
@@ -189,8 +207,12 @@ def specialist_plugin(lineage: ckpt.Lineage) -> str | None:
     return plugin if isinstance(plugin, str) else None
 
 
+def is_running_statistic(name: str) -> bool:
+    return name.rsplit(".", 1)[-1] in RUNNING_STATISTICS
+
+
 def _decide(
-    base: Checkpoint, specialists: list[Specialist], fusion: dict[str, FusionSpec]
+    base: Checkpoint, specialists: list[Specialist], fusion: dict[str, FusionSpec], statistics: Statistics
 ) -> tuple[list[ParameterPlan], list[str]]:
     parameters, warnings, unowned = [], [], set()
     for name in sorted(base.tensors):
@@ -199,6 +221,8 @@ def _decide(
         except ValueError as exc:
             raise FusionError(f"base {base.path}: {exc}") from exc
         if base.tensors[name][0] not in FLOAT_DTYPES:
+            parameters.append(ParameterPlan(name, owner, "keep"))
+        elif kind == "shared" and statistics == "base" and is_running_statistic(name):
             parameters.append(ParameterPlan(name, owner, "keep"))
         elif kind == "shared":
             parameters.append(ParameterPlan(name, owner, "merge"))

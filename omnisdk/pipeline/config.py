@@ -29,6 +29,9 @@ class FusionSettings(BaseModel):
     scale: float = Field(1.0, gt=0)  # the lambda applied to the combined task vector
     weights: dict[str, float] = {}  # plugin -> weight of its task vector; default 1 each
     seed: int = 0
+    #: BatchNorm running statistics: "base" keeps the base's (estimated on every modality), "merge"
+    #: merges each specialist's (estimated on its modality alone) like weights.
+    statistics: Literal["base", "merge"] = "base"
 
 
 class DriftSettings(BaseModel):

@@ -174,7 +174,8 @@ class Pipeline:
             f = self.config.fusion
             weights = [f.weights.get(p, 1.0) for p in specialists]
             report = fuse(base, list(specialists.values()), method=f.method, out=directory, weights=weights,
-                          density=f.density, lam=f.scale, seed=f.seed, progress=self.show_progress)
+                          density=f.density, lam=f.scale, seed=f.seed, statistics=f.statistics,
+                          progress=self.show_progress)
             (self.out / "fusion.md").write_text(report.markdown() + "\n")
         return directory
 
