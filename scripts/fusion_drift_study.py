@@ -23,6 +23,8 @@ VARIANTS = {
     "task_arithmetic-l0.5": dict(method="task_arithmetic", lam=0.5),
     "dare_ties-d0.5": dict(method="dare_ties", density=0.5),
     "ties-d0.2": dict(method="ties", density=0.2),
+    "ties-d0.1": dict(method="ties", density=0.1),
+    "ties-d0.15": dict(method="ties", density=0.15),
     "ties-d0.3-l1.3": dict(method="ties", density=0.3, lam=1.3),
     "task_arithmetic-l0.7": dict(method="task_arithmetic", lam=0.7),
 }
