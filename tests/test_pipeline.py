@@ -138,3 +138,16 @@ def test_a_coma_warmup_stage_becomes_the_base_of_every_later_stage(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text(config.read_text().replace('method = "coma"', 'method = "mae"'))
     assert main(["pipeline", "run", str(bad), "--out", str(tmp_path / "bad")]) != 0
+
+
+def test_seed_option_regenerates_omniworld_with_another_seed_and_refuses_given_data(tmp_path):
+    from omnisdk.errors import OmniError
+    from omnisdk.pipeline.commands import with_data_seed
+    from omnisdk.pipeline.config import PipelineConfig, load_config
+
+    config = load_config("small")
+    reseeded = with_data_seed(config, 1)
+    assert reseeded.data.seed == 1 and config.data.seed == 0
+    assert reseeded.data.omniworld_size == config.data.omniworld_size and reseeded.align == config.align
+    with pytest.raises(OmniError, match="--seed 1: the config reads its data from"):
+        with_data_seed(PipelineConfig(data={"path": tmp_path}), 1)

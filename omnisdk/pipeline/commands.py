@@ -17,6 +17,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--out", required=True, type=Path)
     run.add_argument("--fresh", action="store_true", help="remove an earlier run in --out first")
     run.add_argument("--device", default="auto", help=DEVICE_HELP)
+    run.add_argument("--seed", type=int, help="generate OmniWorld with this seed instead of the config's "
+                     "(data.seed), e.g. to confirm results on a second seed")
     run.set_defaults(func=cmd_pipeline_run)
     show = psub.add_parser("show", help="print a preset's or file's settings as TOML-equivalent JSON")
     show.add_argument("config")
@@ -28,6 +30,8 @@ def cmd_pipeline_run(args: argparse.Namespace) -> int:
     from omnisdk.pipeline.runner import Pipeline, clean
 
     config = load_config(args.config)
+    if args.seed is not None:
+        config = with_data_seed(config, args.seed)
     if args.fresh:
         clean(args.out)
     resolve_device(args.device)  # a missing GPU is refused before any stage starts
@@ -35,6 +39,16 @@ def cmd_pipeline_run(args: argparse.Namespace) -> int:
     print((args.out / "report.md").read_text())
     print(f"wrote {args.out / 'report.md'}, {args.out / 'report.json'}, {args.out / 'report.png'}")
     return 0
+
+
+def with_data_seed(config, seed: int):
+    """The config with OmniWorld generated from `seed`; a config that reads its own data has no seed to change."""
+    from omnisdk.errors import OmniError
+
+    if config.data.path is not None:
+        raise OmniError(f"--seed {seed}: the config reads its data from {config.data.path}, so there is no "
+                        "OmniWorld seed to change; drop --seed or data.path")
+    return config.model_copy(update={"data": config.data.model_copy(update={"seed": seed})})
 
 
 def cmd_pipeline_show(args: argparse.Namespace) -> int:
