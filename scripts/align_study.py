@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -50,6 +51,7 @@ def main() -> None:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--cache", type=Path, help="prepared-input cache kept across runs (default: a temporary one)")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--keep", type=Path, help="copy each variant's aligned checkpoint to KEEP/VARIANT")
     args = ap.parse_args()
 
     from omnisdk.eval.runner import evaluate
@@ -80,6 +82,8 @@ def main() -> None:
             results[name] = {"seconds": round(seconds, 1), "train_seconds": result.seconds, "final_loss": result.final_loss,
                              "dev": metrics}
             print(name, json.dumps(results[name]), flush=True)
+            if args.keep:
+                shutil.copytree(Path(tmp) / name / "aligned", args.keep / name, dirs_exist_ok=True)
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
 
