@@ -69,6 +69,10 @@ class AudioConfig(PluginConfig):
     encoder_dim: int = Field(192, gt=0)
     encoder_layers: int = Field(2, ge=1)
     encoder_heads: int | None = None
+    #: built-in encoder: standardise each clip's log-mel (one mean and deviation per clip) and
+    #: layer-norm the convolutional front end's output before the positions are added. Off keeps
+    #: checkpoints made before it loadable; on, a fresh encoder aligns much faster (scripts/align_study.py).
+    input_norm: bool = False
     #: seconds of audio per embedding; an "hf" encoder with a fixed input length (Whisper) caps it.
     window_seconds: float = Field(10.0, gt=0)
     #: longer files and waveforms are refused outright (a guard, like the image plugin's max_pixels).
@@ -142,7 +146,8 @@ class AudioPlugin(ModalityPlugin):
         if cfg.encoder == "hf":
             encoder = self._build_hf_encoder()
         else:
-            encoder = BuiltinAudioEncoder(cfg.sample_rate, cfg.n_mels, cfg.encoder_dim, cfg.encoder_layers, cfg.encoder_heads)
+            encoder = BuiltinAudioEncoder(cfg.sample_rate, cfg.n_mels, cfg.encoder_dim, cfg.encoder_layers,
+                                          cfg.encoder_heads, normalize=cfg.input_norm)
         return AudioAdapter(
             encoder,
             ctx.hidden_size,

@@ -75,10 +75,25 @@ class LogMel:
         return (log_mel + 4.0) / 4.0
 
 
+def standardize(features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """[B, n_mels, frames] -> each row at zero mean and unit variance over its real frames; padding stays 0.
+
+    One mean and one deviation per clip (not per mel bin), so pitch (which bins are loud) and
+    loudness over time (onsets, gaps between beeps) survive.
+    """
+    mask = lengths_mask(lengths.to(features.device), features.size(-1)).unsqueeze(1).to(features.dtype)
+    count = (mask.sum((1, 2)) * features.size(1)).clamp(min=1)
+    mean = (features * mask).sum((1, 2)) / count
+    centred = (features - mean[:, None, None]) * mask
+    std = (centred.pow(2).sum((1, 2)) / count).sqrt().clamp(min=1e-5)
+    return centred / std[:, None, None]
+
+
 class BuiltinAudioEncoder(nn.Module):
     """log-mel -> two stride-2 Conv1d (x4 fewer frames) -> sinusoidal positions -> TransformerEncoder."""
 
-    def __init__(self, sample_rate: int, n_mels: int, dim: int, layers: int, heads: int | None = None):
+    def __init__(self, sample_rate: int, n_mels: int, dim: int, layers: int, heads: int | None = None,
+                 *, normalize: bool = False):
         super().__init__()
         heads = heads or _default_heads(dim)
         if dim % heads:
@@ -86,6 +101,12 @@ class BuiltinAudioEncoder(nn.Module):
         self.log_mel = LogMel(sample_rate, n_mels)
         self.conv1 = nn.Conv1d(n_mels, dim, kernel_size=3, stride=2, padding=1)
         self.conv2 = nn.Conv1d(dim, dim, kernel_size=3, stride=2, padding=1)
+        # normalize: each clip's log-mel is standardised over its real frames, and the convolutions'
+        # output is layer-normed before the positions are added. Without it a fresh encoder's content
+        # signal enters the transformer ~10x weaker than the unit-scale sinusoids, so every clip
+        # starts out looking alike (see `input_norm` in AudioConfig).
+        self.normalize = normalize
+        self.front_norm = nn.LayerNorm(dim) if normalize else None
         layer = nn.TransformerEncoderLayer(
             dim, heads, dim_feedforward=4 * dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
         )
@@ -106,12 +127,16 @@ class BuiltinAudioEncoder(nn.Module):
 
     def forward(self, inputs: dict[str, torch.Tensor], lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = inputs["features"]
+        if self.normalize:
+            x = standardize(x, lengths)
         for conv in (self.conv1, self.conv2):
             x = nn.functional.gelu(conv(x))
             lengths = conv_out_length(lengths)
             # Zero the steps past each row's end, so a clip embeds the same alone or beside a longer one.
             x = x * lengths_mask(lengths, x.size(-1)).unsqueeze(1).to(x.dtype)
         x = x.transpose(1, 2)
+        if self.front_norm is not None:
+            x = self.front_norm(x)
         x = x + sinusoids(x.size(1), x.size(2), x.device).to(x.dtype)
         padding = lengths_mask(lengths, x.size(1)) == 0
         x = self.transformer(x, src_key_padding_mask=padding)

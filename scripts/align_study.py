@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +30,10 @@ VARIANTS = {
     "resnet10t-96-gn": {"tower": "resnet10t", "tower_kwargs": {"norm_layer": "groupnorm1"}, "image_size": 96, "token_grid": 3},
     # audio: the small preset's built-in log-mel transformer encoder
     "audio-builtin": {"encoder": "builtin"},
+    # ... with each clip's log-mel standardised and the conv front end layer-normed before the positions
+    "audio-norm": {"encoder": "builtin", "input_norm": True},
+    "audio-norm-1layer": {"encoder": "builtin", "input_norm": True, "encoder_layers": 1},
+    "audio-norm-pool2": {"encoder": "builtin", "input_norm": True, "token_pool": 2},
     "vit6-64": {"tower": "vit_tiny_patch16_224", "tower_kwargs": {"depth": 6}, "image_size": 64, "token_grid": 4},
     "vit6p8-64": {"tower": "vit_tiny_patch16_224", "tower_kwargs": {"depth": 6, "patch_size": 8}, "image_size": 64, "token_grid": 4},
 }
@@ -42,8 +47,11 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--hard-negatives", type=int, default=1)
     ap.add_argument("--frozen-dropout", action="store_true", help="keep the frozen backbone's dropout on")
+    ap.add_argument("--warmup-ratio", type=float, default=0.05)
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--cache", type=Path, help="prepared-input cache kept across runs (default: a temporary one)")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--keep", type=Path, help="copy each variant's aligned checkpoint to KEEP/VARIANT")
     args = ap.parse_args()
 
     from omnisdk.eval.runner import evaluate
@@ -55,6 +63,7 @@ def main() -> None:
     dataset = load_dataset(args.data)
     results = {}
     with tempfile.TemporaryDirectory(prefix="align-study-") as tmp:
+        cache = args.cache or Path(tmp) / "cache"
         for name in args.variants.split(","):
             base = Path(tmp) / name / "base"
             modality = "audio" if name.startswith("audio") else "image"
@@ -63,16 +72,18 @@ def main() -> None:
             result = align(base, dataset, Path(tmp) / name / "aligned",
                            {"steps": args.steps, "batch_size": args.batch_size, "learning_rate": args.lr,
                             "precision": "bf16", "hard_negatives": args.hard_negatives,
-                            "frozen_dropout": args.frozen_dropout, "quotas": {modality: 1.0}, "checkpoint_every": 10_000},
-                           show_progress=False, cache=Path(tmp) / "cache")
+                            "frozen_dropout": args.frozen_dropout, "warmup_ratio": args.warmup_ratio, "quotas": {modality: 1.0}, "checkpoint_every": 10_000},
+                           show_progress=False, cache=cache)
             seconds = time.perf_counter() - started
-            model = OmniModel.load(Path(tmp) / name / "aligned").use_cache(Path(tmp) / "cache")
+            model = OmniModel.load(Path(tmp) / name / "aligned").use_cache(cache)
             tasks = ["t2a", "a2t", "sound_cls"] if modality == "audio" else ["t2i", "i2t", "digit_cls"]
             report = evaluate(model, dataset, split="dev", tasks=tasks, show_progress=False)
             metrics = {t.task: {"hit@1": t.metrics["hit@1"], "ndcg@10": t.metrics["ndcg@10"]} for t in report.tasks}
             results[name] = {"seconds": round(seconds, 1), "train_seconds": result.seconds, "final_loss": result.final_loss,
                              "dev": metrics}
             print(name, json.dumps(results[name]), flush=True)
+            if args.keep:
+                shutil.copytree(Path(tmp) / name / "aligned", args.keep / name, dirs_exist_ok=True)
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
 
