@@ -16,7 +16,7 @@ from torch import nn
 
 from omnisdk import checkpoint as ckpt
 from omnisdk import aspects as agff
-from omnisdk import compression, vlm
+from omnisdk import compression, interleave, vlm
 from omnisdk.backbone import BackboneSpec, Pooling, build_from_spec, load_pretrained, pool, spec_of, special_token_frame
 from omnisdk.backbone import decoder_setup, left_pad, restore_tokenizer
 from omnisdk.errors import ItemError, ItemErrors, ModalityDetectionError, OmniError
@@ -270,11 +270,17 @@ class OmniModel(nn.Module):
             instruction = getattr(plugin.instructions, role)
             if instruction:
                 items = [_instructed(plugin, it, instruction, self.runtime) for it in items]
+        # An image (or any file) with text: the plugin prepares the file, the text rides along.
+        texts = None
+        if modality != "text" and (found := interleave.split(items)) is not None:
+            items, texts = found
         with self._tokenizer_lock if modality == "text" else contextlib.nullcontext():
             if self.prepared_cache is not None:
                 prepared = self.prepared_cache.prepare(self, modality, items)
             else:
                 prepared = plugin.preprocess(items, self.runtime)
+        if texts is not None:
+            prepared = interleave.attach(prepared, texts)
         if to_device:
             prepared.batch = _to_device(prepared.batch, self.device)
         return prepared
@@ -333,7 +339,10 @@ class OmniModel(nn.Module):
         return out.last_hidden_state, tokens.mask, positions
 
     def _framed(self, modality: str, batch: Any, role: Role | None) -> TokenEmbeddings:
-        tokens: TokenEmbeddings = self.adapters[modality](batch, self.runtime)
+        if isinstance(batch, interleave.WithText):
+            tokens = interleave.tokens(self, modality, batch)
+        else:
+            tokens = self.adapters[modality](batch, self.runtime)
         return tokens if tokens.framed else self._frame(tokens, modality, role)
 
     # -- AGFF ---------------------------------------------------------------------------------------------
@@ -583,6 +592,8 @@ def _instructed(plugin, item: Item, instruction: str, runtime) -> Item:
 
 
 def _to_device(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, interleave.WithText):
+        return interleave.WithText(_to_device(obj.batch, device), obj.texts)
     if isinstance(obj, torch.Tensor):
         return obj.to(device, non_blocking=True)
     if isinstance(obj, Mapping):

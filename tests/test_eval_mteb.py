@@ -86,5 +86,8 @@ def test_batches_become_items_and_unsupported_ones_are_refused():
     assert wave.modality == "audio" and wave.data[0].shape == (800,) and wave.data[1] == 8000
     with pytest.raises(OmniError, match="video"):
         batch_items({"video": [np.zeros((2, 3, 8, 8))]})
-    with pytest.raises(OmniError, match="one modality per item"):
-        batch_items({"text": ["x"], "image": [object()]})
+    with pytest.raises(OmniError, match="text with one of the others"):
+        batch_items({"image": [object()], "audio": [{"array": np.zeros(8), "sampling_rate": 8000}]})
+    image, text = batch_items({"text": ["what colour?", ""], "image": [object(), None]})
+    assert image.modality == "image" and image.text == "what colour?" and image.is_interleaved
+    assert text.modality == "text" and text.text == ""
