@@ -16,7 +16,7 @@ from torch import nn
 
 from omnisdk import checkpoint as ckpt
 from omnisdk import aspects as agff
-from omnisdk import compression, interleave, vlm
+from omnisdk import chat, compression, interleave, vlm
 from omnisdk.backbone import BackboneSpec, Pooling, build_from_spec, load_pretrained, pool, spec_of, special_token_frame
 from omnisdk.backbone import decoder_setup, left_pad, restore_tokenizer
 from omnisdk.errors import ItemError, ItemErrors, ModalityDetectionError, OmniError
@@ -114,6 +114,7 @@ class OmniModel(nn.Module):
         instances = _instantiate_plugins(plugins)
         tokenizer, pooling, padding_side = decoder_setup(backbone, tokenizer, pooling)
         spec = spec_of(backbone, pooling, max_length, source, padding_side)
+        spec.chat_template = chat.applies(backbone, tokenizer)
         return cls(backbone, tokenizer, instances, spec)
 
     @classmethod
@@ -142,6 +143,8 @@ class OmniModel(nn.Module):
             plugin_cls = get_modality(entry.name, package=entry.package, extra=entry.extra)
             plugins[entry.name] = plugin_cls(entry.config)
         tokenizer = AutoTokenizer.from_pretrained(str(directory / ckpt.TOKENIZER_DIR), trust_remote_code=False)
+        if manifest.backbone.chat_template and not getattr(tokenizer, "chat_template", None):
+            raise ckpt.CheckpointError(f"{directory / ckpt.TOKENIZER_DIR} lost the chat template its manifest frames inputs with")
         restore_tokenizer(tokenizer, manifest.backbone)
         backbone = build_from_spec(manifest.backbone)
         model = cls(backbone, tokenizer, plugins, manifest.backbone, manifest.lineage)
@@ -266,7 +269,10 @@ class OmniModel(nn.Module):
         With a prepared-input cache (`use_cache`), rows prepared before are read instead of decoded.
         """
         plugin = self.plugins[modality]
-        if modality == "text" and role is not None:
+        if modality == "text" and self.spec.chat_template:  # the text goes into the template as the user's turn
+            before, after = self._chat_text(role)
+            items = [_instructed(plugin, it, before, self.runtime, after) for it in items]
+        elif modality == "text" and role is not None:
             instruction = getattr(plugin.instructions, role)
             if instruction:
                 items = [_instructed(plugin, it, instruction, self.runtime) for it in items]
@@ -410,22 +416,30 @@ class OmniModel(nn.Module):
         ).to(self.device)
 
     def _frame(self, tokens: TokenEmbeddings, modality: str, role: Role | None) -> TokenEmbeddings:
-        """Wrap content tokens in the backbone's special tokens, with the plugin's instruction first."""
-        prefix = list(self._prefix_ids) + self._instruction_ids(modality, role)
+        """Wrap content tokens in the backbone's special tokens, with the plugin's instruction first
+        (or in the chat template, the instruction as its system message)."""
+        if self.spec.chat_template:
+            before, after = self._chat_ids(modality, role)
+            prefix, suffix = list(self._prefix_ids) + before, after + list(self._suffix_ids)
+        else:
+            prefix, suffix = list(self._prefix_ids) + self._instruction_ids(modality, role), list(self._suffix_ids)
         parts = []
         batch = tokens.embeds.size(0)
         if prefix:
             parts.append(self._constant_tokens(prefix, batch))
         parts.append(tokens)
-        if self._suffix_ids:
-            parts.append(self._constant_tokens(self._suffix_ids, batch))
+        if suffix:
+            parts.append(self._constant_tokens(suffix, batch))
         framed = TokenEmbeddings.cat(parts) if len(parts) > 1 else tokens
         framed.framed = True
         return framed
 
     def content_budget(self, modality: str) -> int:
         """How many content tokens fit once framing and the longest instruction are added."""
-        longest = max(len(self._instruction_ids(modality, role)) for role in ("query", "document"))
+        if self.spec.chat_template:
+            longest = max(sum(map(len, self._chat_ids(modality, role))) for role in ("query", "document", None))
+        else:
+            longest = max(len(self._instruction_ids(modality, role)) for role in ("query", "document"))
         appended = self.spec.compression_tokens if self.spec.pooling == "compression" else 0
         appended += self.aspect_count  # AGFF aspect tokens
         return self.spec.max_length - len(self._prefix_ids) - len(self._suffix_ids) - longest - appended
@@ -438,6 +452,18 @@ class OmniModel(nn.Module):
             text = getattr(self.plugins[modality].instructions, role)
             self._instruction_cache[key] = self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
         return self._instruction_cache[key]
+
+    def _chat_ids(self, modality: str, role: Role | None) -> tuple[list[int], list[int]]:
+        key = f"chat:{modality}:{role}"
+        if key not in self._instruction_cache:
+            instruction = getattr(self.plugins[modality].instructions, role) if role else ""
+            with self._tokenizer_lock:
+                self._instruction_cache[key] = chat.frame_ids(self.tokenizer, instruction)
+        return self._instruction_cache[key]
+
+    def _chat_text(self, role: Role | None) -> tuple[str, str]:
+        """The template's text before and after a text item's own text."""
+        return chat.frame_text(self.tokenizer, getattr(self.plugins["text"].instructions, role) if role else "")
 
     def _constant_tokens(self, ids: list[int], batch: int) -> TokenEmbeddings:
         id_tensor = torch.tensor(ids, device=self.device).unsqueeze(0).expand(batch, -1)
@@ -578,15 +604,16 @@ def _dependency_order(plugins: Mapping[str, ModalityPlugin]) -> dict[str, Modali
     return ordered
 
 
-def _instructed(plugin, item: Item, instruction: str, runtime) -> Item:
-    """A text item with the role's instruction in front; a file is read here so its text keeps the instruction."""
+def _instructed(plugin, item: Item, instruction: str, runtime, after: str = "") -> Item:
+    """A text item with the role's instruction in front (and `after` behind: the chat template's end);
+    a file is read here so its text keeps the instruction."""
     if item.text is not None:
-        return Item.of_text(instruction + item.text)
+        return Item.of_text(instruction + item.text + after)
     reader = getattr(plugin, "text_of", None)
     if reader is None:
         return item
     try:
-        return Item.of_text(instruction + reader(item, runtime))
+        return Item.of_text(instruction + reader(item, runtime) + after)
     except (OSError, UnicodeDecodeError, ValueError):
         return item  # preprocess reads it again and reports the cause for this item
 
