@@ -32,6 +32,8 @@ class BackboneSpec(BaseModel):
     compression_tokens: int = 0
     #: AGFF: K aspect vectors per item (omnisdk/aspects.py); None: one vector per item.
     aspects: AspectSpec | None = None
+    #: every input framed by the tokenizer's chat template, instructions as its system message (omnisdk/chat.py)
+    chat_template: bool = False
 
     @model_validator(mode="after")
     def _compression_pooling_needs_tokens(self) -> "BackboneSpec":
@@ -66,6 +68,10 @@ def load_pretrained(source: str | Path, *, trust_remote_code: bool = False) -> t
             str(source), use_safetensors=True, trust_remote_code=trust_remote_code, attn_implementation="sdpa"
         )
         tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=trust_remote_code)
+        if vlm.is_vision_language(config):  # instructions go through the processor's chat template
+            from omnisdk import chat
+
+            chat.adopt_processor_template(tokenizer, str(source), trust_remote_code)
     except (OSError, ValueError) as exc:
         raise hub.load_error("backbone", source, exc) from exc
     ensure_pad_token(tokenizer)

@@ -62,7 +62,12 @@ class Locator:
 class Item:
     """One input: text, a file path, or an in-memory object (PIL image, waveform), with its modality.
 
-    `modality` is None until detection fills it in. `text` may accompany a file (a caption).
+    `modality` is None until detection fills it in. `text` beside a file (or `data`) means:
+
+    - for a text item, the file's passage at the locator (a chunk carries its text with it);
+    - for any other modality, text that joins the file in one sequence: an *interleaved* item, such
+      as an image with a question or an instruction (MMEB's queries). The file's tokens come first,
+      then the text's (omnisdk.interleave); the vector differs from the file's alone.
     """
 
     modality: str | None = None
@@ -80,6 +85,18 @@ class Item:
     def of_file(cls, path: str | Path, modality: str | None = None, locator: Locator | None = None) -> Item:
         return cls(modality=modality, path=Path(path), locator=locator)
 
+    @classmethod
+    def of_interleaved(cls, file: str | Path | Any, text: str, modality: str | None = None) -> Item:
+        """A file (a path) or an in-memory object with text that joins it in one sequence."""
+        if isinstance(file, (str, Path)):
+            return cls(modality=modality, path=Path(file), text=text)
+        return cls(modality=modality, data=file, text=text)
+
+    @property
+    def is_interleaved(self) -> bool:
+        """True for a file or object of a non-text modality that carries text as well."""
+        return self.text is not None and (self.path is not None or self.data is not None) and self.modality != "text"
+
     def with_modality(self, modality: str) -> Item:
         return replace(self, modality=modality)
 
@@ -89,11 +106,17 @@ class Item:
     def label(self) -> str:
         if self.path is not None:
             where = f" [{self.locator}]" if self.locator else ""
+            said = f" + {_excerpt(self.text)}" if self.is_interleaved else ""
             # a pipe read into a temporary file is named as the user named it (special_files.PipeSpool)
-            return printable(f"{self.meta.get('source', self.path)}{where}")
+            return printable(f"{self.meta.get('source', self.path)}{where}{said}")
         if self.text is not None:
             return repr(self.text)
-        return f"<{type(self.data).__name__}>"
+        return f"<{type(self.data).__name__}>" + (f" + {_excerpt(self.text)}" if self.is_interleaved else "")
+
+
+def _excerpt(text: str | None, width: int = 24) -> str:
+    text = text or ""
+    return repr(text if len(text) <= width else text[: width - 3] + "...")
 
 
 def printable(text: str) -> str:

@@ -16,7 +16,7 @@ from torch import nn
 
 from omnisdk import checkpoint as ckpt
 from omnisdk import aspects as agff
-from omnisdk import compression, vlm
+from omnisdk import chat, compression, interleave, vlm
 from omnisdk.backbone import BackboneSpec, Pooling, build_from_spec, load_pretrained, pool, spec_of, special_token_frame
 from omnisdk.backbone import decoder_setup, left_pad, restore_tokenizer
 from omnisdk.errors import ItemError, ItemErrors, ModalityDetectionError, OmniError
@@ -114,6 +114,7 @@ class OmniModel(nn.Module):
         instances = _instantiate_plugins(plugins)
         tokenizer, pooling, padding_side = decoder_setup(backbone, tokenizer, pooling)
         spec = spec_of(backbone, pooling, max_length, source, padding_side)
+        spec.chat_template = chat.applies(backbone, tokenizer)
         return cls(backbone, tokenizer, instances, spec)
 
     @classmethod
@@ -142,6 +143,8 @@ class OmniModel(nn.Module):
             plugin_cls = get_modality(entry.name, package=entry.package, extra=entry.extra)
             plugins[entry.name] = plugin_cls(entry.config)
         tokenizer = AutoTokenizer.from_pretrained(str(directory / ckpt.TOKENIZER_DIR), trust_remote_code=False)
+        if manifest.backbone.chat_template and not getattr(tokenizer, "chat_template", None):
+            raise ckpt.CheckpointError(f"{directory / ckpt.TOKENIZER_DIR} lost the chat template its manifest frames inputs with")
         restore_tokenizer(tokenizer, manifest.backbone)
         backbone = build_from_spec(manifest.backbone)
         model = cls(backbone, tokenizer, plugins, manifest.backbone, manifest.lineage)
@@ -266,15 +269,24 @@ class OmniModel(nn.Module):
         With a prepared-input cache (`use_cache`), rows prepared before are read instead of decoded.
         """
         plugin = self.plugins[modality]
-        if modality == "text" and role is not None:
+        if modality == "text" and self.spec.chat_template:  # the text goes into the template as the user's turn
+            before, after = self._chat_text(role)
+            items = [_instructed(plugin, it, before, self.runtime, after) for it in items]
+        elif modality == "text" and role is not None:
             instruction = getattr(plugin.instructions, role)
             if instruction:
                 items = [_instructed(plugin, it, instruction, self.runtime) for it in items]
+        # An image (or any file) with text: the plugin prepares the file, the text rides along.
+        texts = None
+        if modality != "text" and (found := interleave.split(items)) is not None:
+            items, texts = found
         with self._tokenizer_lock if modality == "text" else contextlib.nullcontext():
             if self.prepared_cache is not None:
                 prepared = self.prepared_cache.prepare(self, modality, items)
             else:
                 prepared = plugin.preprocess(items, self.runtime)
+        if texts is not None:
+            prepared = interleave.attach(prepared, texts)
         if to_device:
             prepared.batch = _to_device(prepared.batch, self.device)
         return prepared
@@ -333,7 +345,10 @@ class OmniModel(nn.Module):
         return out.last_hidden_state, tokens.mask, positions
 
     def _framed(self, modality: str, batch: Any, role: Role | None) -> TokenEmbeddings:
-        tokens: TokenEmbeddings = self.adapters[modality](batch, self.runtime)
+        if isinstance(batch, interleave.WithText):
+            tokens = interleave.tokens(self, modality, batch)
+        else:
+            tokens = self.adapters[modality](batch, self.runtime)
         return tokens if tokens.framed else self._frame(tokens, modality, role)
 
     # -- AGFF ---------------------------------------------------------------------------------------------
@@ -401,22 +416,30 @@ class OmniModel(nn.Module):
         ).to(self.device)
 
     def _frame(self, tokens: TokenEmbeddings, modality: str, role: Role | None) -> TokenEmbeddings:
-        """Wrap content tokens in the backbone's special tokens, with the plugin's instruction first."""
-        prefix = list(self._prefix_ids) + self._instruction_ids(modality, role)
+        """Wrap content tokens in the backbone's special tokens, with the plugin's instruction first
+        (or in the chat template, the instruction as its system message)."""
+        if self.spec.chat_template:
+            before, after = self._chat_ids(modality, role)
+            prefix, suffix = list(self._prefix_ids) + before, after + list(self._suffix_ids)
+        else:
+            prefix, suffix = list(self._prefix_ids) + self._instruction_ids(modality, role), list(self._suffix_ids)
         parts = []
         batch = tokens.embeds.size(0)
         if prefix:
             parts.append(self._constant_tokens(prefix, batch))
         parts.append(tokens)
-        if self._suffix_ids:
-            parts.append(self._constant_tokens(self._suffix_ids, batch))
+        if suffix:
+            parts.append(self._constant_tokens(suffix, batch))
         framed = TokenEmbeddings.cat(parts) if len(parts) > 1 else tokens
         framed.framed = True
         return framed
 
     def content_budget(self, modality: str) -> int:
         """How many content tokens fit once framing and the longest instruction are added."""
-        longest = max(len(self._instruction_ids(modality, role)) for role in ("query", "document"))
+        if self.spec.chat_template:
+            longest = max(sum(map(len, self._chat_ids(modality, role))) for role in ("query", "document", None))
+        else:
+            longest = max(len(self._instruction_ids(modality, role)) for role in ("query", "document"))
         appended = self.spec.compression_tokens if self.spec.pooling == "compression" else 0
         appended += self.aspect_count  # AGFF aspect tokens
         return self.spec.max_length - len(self._prefix_ids) - len(self._suffix_ids) - longest - appended
@@ -429,6 +452,18 @@ class OmniModel(nn.Module):
             text = getattr(self.plugins[modality].instructions, role)
             self._instruction_cache[key] = self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
         return self._instruction_cache[key]
+
+    def _chat_ids(self, modality: str, role: Role | None) -> tuple[list[int], list[int]]:
+        key = f"chat:{modality}:{role}"
+        if key not in self._instruction_cache:
+            instruction = getattr(self.plugins[modality].instructions, role) if role else ""
+            with self._tokenizer_lock:
+                self._instruction_cache[key] = chat.frame_ids(self.tokenizer, instruction)
+        return self._instruction_cache[key]
+
+    def _chat_text(self, role: Role | None) -> tuple[str, str]:
+        """The template's text before and after a text item's own text."""
+        return chat.frame_text(self.tokenizer, getattr(self.plugins["text"].instructions, role) if role else "")
 
     def _constant_tokens(self, ids: list[int], batch: int) -> TokenEmbeddings:
         id_tensor = torch.tensor(ids, device=self.device).unsqueeze(0).expand(batch, -1)
@@ -569,20 +604,23 @@ def _dependency_order(plugins: Mapping[str, ModalityPlugin]) -> dict[str, Modali
     return ordered
 
 
-def _instructed(plugin, item: Item, instruction: str, runtime) -> Item:
-    """A text item with the role's instruction in front; a file is read here so its text keeps the instruction."""
+def _instructed(plugin, item: Item, instruction: str, runtime, after: str = "") -> Item:
+    """A text item with the role's instruction in front (and `after` behind: the chat template's end);
+    a file is read here so its text keeps the instruction."""
     if item.text is not None:
-        return Item.of_text(instruction + item.text)
+        return Item.of_text(instruction + item.text + after)
     reader = getattr(plugin, "text_of", None)
     if reader is None:
         return item
     try:
-        return Item.of_text(instruction + reader(item, runtime))
+        return Item.of_text(instruction + reader(item, runtime) + after)
     except (OSError, UnicodeDecodeError, ValueError):
         return item  # preprocess reads it again and reports the cause for this item
 
 
 def _to_device(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, interleave.WithText):
+        return interleave.WithText(_to_device(obj.batch, device), obj.texts)
     if isinstance(obj, torch.Tensor):
         return obj.to(device, non_blocking=True)
     if isinstance(obj, Mapping):

@@ -150,16 +150,20 @@ def decoder_llm(directory: Path, model_type: str = "qwen2") -> Path:
     return directory
 
 
-def qwen2_vl(directory: Path, model_type: str = "qwen2_vl") -> Path:
+def qwen2_vl(directory: Path, model_type: str = "qwen2_vl", chat_template: bool = False) -> Path:
     """A tiny random Qwen2-VL or Qwen2.5-VL (language model and vision tower), its image processor and a tokenizer
-    holding the vision special tokens (<|vision_start|>, <|image_pad|>, ...), as the hub checkpoints do."""
+    holding the vision special tokens (<|vision_start|>, <|image_pad|>, ...), as the hub checkpoints do.
+
+    `chat_template`: as an -Instruct checkpoint, the chat tokens and Qwen2-VL's chat template, on the
+    processor only (chat_template.json), as the hub's Qwen2-VL-2B-Instruct ships it."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer, Qwen2VLImageProcessor
 
     from omnisdk.tokenizer_builder import build_bpe_tokenizer
 
     build_bpe_tokenizer(directory)
     tokenizer = AutoTokenizer.from_pretrained(str(directory))
-    tokenizer.add_special_tokens({"additional_special_tokens": list(VISION_TOKENS.values())})
+    chat = list(CHAT_TOKENS) if chat_template else []
+    tokenizer.add_special_tokens({"additional_special_tokens": list(VISION_TOKENS.values()) + chat})
     tokenizer.save_pretrained(str(directory))
     ids = {f"{name}_id": tokenizer.convert_tokens_to_ids(token) for name, token in VISION_TOKENS.items()}
     torch.manual_seed(SEED)
@@ -175,7 +179,26 @@ def qwen2_vl(directory: Path, model_type: str = "qwen2_vl") -> Path:
     # Pixels bounds of a few merged patches: test images give 4 to 64 image tokens.
     Qwen2VLImageProcessor(patch_size=4, merge_size=2, temporal_patch_size=2,
                           size={"shortest_edge": 8 * 8, "longest_edge": 64 * 64}).save_pretrained(str(directory))
+    if chat_template:
+        (directory / "chat_template.json").write_text(json.dumps({"chat_template": QWEN2_VL_CHAT_TEMPLATE}))
     return directory
+
+
+CHAT_TOKENS = ("<|im_start|>", "<|im_end|>")
+#: Qwen2-VL-2B-Instruct's chat template (its chat_template.json).
+QWEN2_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 VISION_TOKENS = {"vision_start_token": "<|vision_start|>", "vision_end_token": "<|vision_end|>",

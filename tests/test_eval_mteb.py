@@ -86,5 +86,65 @@ def test_batches_become_items_and_unsupported_ones_are_refused():
     assert wave.modality == "audio" and wave.data[0].shape == (800,) and wave.data[1] == 8000
     with pytest.raises(OmniError, match="video"):
         batch_items({"video": [np.zeros((2, 3, 8, 8))]})
-    with pytest.raises(OmniError, match="one modality per item"):
-        batch_items({"text": ["x"], "image": [object()]})
+    with pytest.raises(OmniError, match="text with one of the others"):
+        batch_items({"image": [object()], "audio": [{"array": np.zeros(8), "sampling_rate": 8000}]})
+    image, text = batch_items({"text": ["what colour?", ""], "image": [object(), None]})
+    assert image.modality == "image" and image.text == "what colour?" and image.is_interleaved
+    assert text.modality == "text" and text.text == ""
+
+
+def tiny_vqa_task():
+    """An MMEB-style it2t task in memory: an image with a question retrieves the answer text."""
+    from datasets import Dataset
+    from mteb.abstasks.retrieval import AbsTaskRetrieval
+    from mteb.abstasks.retrieval_dataset_loaders import RetrievalSplitData
+    from mteb.abstasks.task_metadata import TaskMetadata
+    from PIL import Image
+
+    from tests.test_interleave import COLOURS
+
+    class TinyColoursVQA(AbsTaskRetrieval):
+        metadata = TaskMetadata(
+            name="OmnisdkTinyColoursVQA", description="an image and a question find the answer", reference=None,
+            dataset={"path": "NA", "revision": "NA"}, type="Any2AnyRetrieval", category="it2t",
+            modalities=["text", "image"], eval_splits=["test"], eval_langs=["eng-Latn"], main_score="ndcg_at_10",
+            date=None, domains=None, task_subtypes=None, license=None, annotations_creators=None, dialect=None,
+            sample_creation=None, bibtex_citation="",
+        )
+
+        def load_data(self, num_proc=None, **kwargs):
+            split = RetrievalSplitData(
+                queries=Dataset.from_dict({"id": [f"q_{c}" for c in COLOURS],
+                                           "image": [Image.new("RGB", (24, 24), rgb) for rgb in COLOURS.values()],
+                                           "text": ["What colour is the square?"] * len(COLOURS)}),
+                corpus=Dataset.from_dict({"id": [f"a_{c}" for c in COLOURS], "text": list(COLOURS)}),
+                relevant_docs={f"q_{c}": {f"a_{c}": 1} for c in COLOURS},
+                top_ranked=None,
+            )
+            self.dataset = {"default": {"test": split}}
+            self.data_loaded = True
+
+    return TinyColoursVQA()
+
+
+def test_mteb_image_with_question_queries_match_omnisdk_eval(tiny_model_factory, tmp_path):
+    from tests.test_interleave import write_vqa_dataset
+
+    model = tiny_model_factory(["text", "image"])
+    seen = []
+
+    class Recording:  # the model, noting the items MTEB's rows became
+        fingerprint, dim, plugins = model.fingerprint, model.dim, model.plugins
+
+        def encode(self, items, **kwargs):
+            seen.extend(items)
+            return model.encode(items, **kwargs)
+
+    result = mteb.evaluate(MtebEncoder(Recording()), tiny_vqa_task(), cache=None, show_progress_bar=False,
+                           encode_kwargs={"batch_size": 2})
+    asked = [item for item in seen if item.is_interleaved]
+    assert len(asked) == 3 and {item.text for item in asked} == {"What colour is the square?"}
+    scores = result.task_results[0].scores["test"][0]
+    ours = {t.task: t for t in evaluate(model, load_dataset(write_vqa_dataset(tmp_path / "vqa"))).tasks}["vqa"].metrics
+    assert scores["ndcg_at_10"] == pytest.approx(ours["ndcg@10"], abs=1e-4)
+    assert scores["mrr_at_1000"] == pytest.approx(ours["mrr"], abs=1e-4)

@@ -5,9 +5,10 @@
 
     results = mteb.evaluate(MtebEncoder(model), mteb.get_tasks(tasks=["..."]), cache=None)
 
-MTEB hands `encode` a DataLoader of batches (dicts with "text", "image", "audio" columns, one of
-them per input); this adapter turns each row into an omnisdk `Item`, encodes everything at once
-(omnisdk batches by modality and length itself), and maps MTEB's prompt type to omnisdk's role
+MTEB hands `encode` a DataLoader of batches (dicts with "text", "image", "audio" columns); a row
+with an image (or audio) and text is one interleaved item, the file's tokens then the text's, as
+MMEB's image-plus-instruction queries are (omnisdk.interleave). This adapter turns each row into
+an omnisdk `Item`, encodes everything at once (omnisdk batches by modality and length), and maps MTEB's prompt type to omnisdk's role
 (query / document) so the plugins' instructions apply. Video arrives as decoded frames, which
 omnisdk's video plugin does not take (it reads files), so video tasks are refused with a message.
 mteb is an optional dependency: `pip install mteb`.
@@ -79,15 +80,19 @@ def batch_items(batch: dict[str, Any]) -> list[Item]:
         raise OmniError("MTEB passes video as decoded frames; omnisdk's video plugin reads video files: "
                         "evaluate video tasks with `omnisdk eval` on a dataset directory instead")
     present = [c for c in SUPPORTED_COLUMNS if c in batch and batch[c] is not None]
-    if len(present) != 1:
-        raise OmniError(f"expected one of the columns {', '.join(SUPPORTED_COLUMNS)} in an MTEB batch, got "
-                        f"{', '.join(present) or 'none'} (keys: {', '.join(batch)}): omnisdk embeds one modality per item")
-    column = present[0]
-    if column == "text":
+    files = [c for c in present if c != "text"]
+    if not present or len(files) > 1:
+        raise OmniError(f"expected one of the columns {', '.join(SUPPORTED_COLUMNS)} in an MTEB batch, or text with "
+                        f"one of the others, got {', '.join(present) or 'none'} (keys: {', '.join(batch)})")
+    if not files:
         return [Item.of_text(str(text)) for text in batch["text"]]
-    if column == "image":
-        return [Item(modality="image", data=image) for image in batch["image"]]
-    return [Item(modality="audio", data=_waveform(audio)) for audio in batch["audio"]]
+    column = files[0]
+    objects = batch["image"] if column == "image" else [_waveform(a) if a is not None else None for a in batch["audio"]]
+    texts = batch["text"] if "text" in present else [None] * len(objects)
+    # An image with its instruction or question (MMEB's queries) is one interleaved item; a row
+    # without text is the image alone, a row without an image the text alone.
+    return [Item.of_text(str(text)) if obj is None else Item(modality=column, data=obj, text=str(text) if text else None)
+            for obj, text in zip(objects, texts)]
 
 
 def _waveform(audio: Any) -> tuple[np.ndarray, int]:
