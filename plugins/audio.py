@@ -71,7 +71,8 @@ class AudioConfig(PluginConfig):
     encoder_heads: int | None = None
     #: built-in encoder: standardise each clip's log-mel (one mean and deviation per clip) and
     #: layer-norm the convolutional front end's output before the positions are added. Off keeps
-    #: checkpoints made before it loadable; on, a fresh encoder aligns much faster (scripts/align_study.py).
+    #: checkpoints made before it loadable. On the small preset's dev split (scripts/align_study.py, 120 steps
+    #: of 64 audio pairs, lr 3e-3) it lifted t2a hit@1 0.17 -> 0.33 and a2t 0.13 -> 0.21 (loss 2.89 -> 1.37).
     input_norm: bool = False
     #: seconds of audio per embedding; an "hf" encoder with a fixed input length (Whisper) caps it.
     window_seconds: float = Field(10.0, gt=0)
