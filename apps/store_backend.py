@@ -30,6 +30,8 @@ class StoreBackend:
             Indexer(model, store, collection, model_dir=model_dir, progress=False)
         self.searcher = Searcher(store, collection, model, calibrate=calibrate)
         self._roots = _source_dirs(store, collection)
+        local = store.local_dir(collection)
+        self._local = local if local is not None and local.is_dir() else None  # watched: see _check_store
 
     @classmethod
     def open(
@@ -71,7 +73,15 @@ class StoreBackend:
     def indexed_roots(self) -> list[Path]:
         return list(self._roots)
 
+    def _check_store(self) -> None:
+        """An embedded store whose directory is removed while the app runs still answers from its memory
+        maps, with points that exist nowhere any more, and writes would be lost: say so instead."""
+        if self._local is not None and not self._local.is_dir():
+            raise OmniError(f"the collection's directory {self._local} was removed while the app was running: "
+                            f"index the files again (omnisdk index PATH --collection {self.collection}) and restart the app")
+
     def search(self, query: Item, limit: int, modalities: Sequence[str] | None) -> list[Hit]:
+        self._check_store()
         hits = self.searcher.search(query, limit=limit, modalities=list(modalities) if modalities else None)
         return [
             Hit(rank=h.rank, score=float(h.score), modality=h.modality, source=Path(h.source) if h.source else None,
@@ -81,6 +91,8 @@ class StoreBackend:
 
     def index_files(self, paths: Sequence[Path], progress_cb: ProgressCallback | None = None) -> IndexSummary:
         from omnisdk.search import Indexer
+
+        self._check_store()
 
         def chunks_done(done: int, total: int) -> None:
             if progress_cb is not None:
