@@ -6,12 +6,15 @@ Qdrant server, which any number of processes share).
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
 from omnisdk.apps.backend import Hit, IndexSummary, ProgressCallback
 from omnisdk.errors import OmniError
 from omnisdk.items import Item
+
+log = logging.getLogger(__name__)
 
 
 class StoreBackend:
@@ -65,7 +68,14 @@ class StoreBackend:
             raise
 
     def close(self) -> None:
-        self.store.close()
+        try:
+            self.store.close()
+        except OmniError as exc:
+            if self._local is None or self._local.is_dir():
+                raise
+            # Its directory was removed under the app (already reported by each search): the final flush has
+            # nowhere to go and nothing there to keep, so closing must not fail the app's shutdown.
+            log.warning("closing the store: its directory %s was removed (%s)", self._local, exc)
 
     def modalities(self) -> list[str]:
         return list(self.model.plugins)

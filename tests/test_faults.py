@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -337,6 +338,15 @@ def test_a_read_only_store_refuses_indexing_clearly_and_search_still_works(small
                           timeout=600, env=cli_env())
     assert search.returncode == 0, search.stderr[-2000:]
     assert json.loads(search.stdout)["hits"]
+    from omnisdk.errors import WriteError
+    from omnisdk.store import open_store
+
+    with open_store(str(store)) as handle:  # Edge cannot map a read-only shard: it searches a private copy...
+        ids = [p.id for p in handle.scroll("notes")]
+        assert len(ids) == 3
+        with pytest.raises(WriteError, match="read-only"):  # ...which must not swallow writes that would be lost
+            handle.delete("notes", ids[:1])
+    assert not list(Path(tempfile.gettempdir()).glob("omnisdk-notes-*")), "the private copy outlived the store handle"
 
 
 def test_the_app_reports_a_store_removed_under_it_and_keeps_serving(tmp_path, text_model):
