@@ -128,7 +128,7 @@ def test_eval_with_the_corpus_as_a_datasets_items_lists_each_bad_item(hostile, t
         if rel in failed and "\n" in failed[rel].cause:
             wrong.append(f"{rel!r}: the cause is not one line: {failed[rel].cause!r}")
     assert wrong == []
-    assert {t.name for t in report.tasks} >= {f"t2{letter[m]}" for m in good}
+    assert {t.task for t in report.tasks} >= {f"t2{letter[m]}" for m in good}
     assert any(f.role == "query" for f in report.failures)  # garbage.png and empty.wav as queries
     print(f"\neval over {len(items)} hostile corpus items: {len(report.failures)} failures listed, {seconds:.0f} s")
 
