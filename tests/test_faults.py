@@ -246,7 +246,7 @@ def text_model(tmp_path_factory, tiny_model_factory) -> Path:
 def _index(store: Path, folder: Path, model: Path) -> subprocess.CompletedProcess:
     run = run_measured(omnisdk("index", str(folder), "--model", str(model), "--collection", "notes", "--store", str(store),
                                "--no-progress"), timeout=600, env=cli_env())
-    assert not run.timed_out, f"omnisdk index hung: {run.stderr[-2000:]}"
+    assert not run.timed_out, f"omnisdk index {run.hung()}"
     return run
 
 

@@ -18,6 +18,11 @@ class Measured:
     stderr: str
     peak_mb: float  # the largest resident set of the process or of any child it waited for
     timed_out: bool
+    cpu_s: float = 0.0  # the process's own CPU time: a timed-out run that used little was starved or blocked
+
+    def hung(self) -> str:
+        """The message for a timed-out run: the CPU it got tells a starved machine from a loop."""
+        return f"killed after its time limit, having used {self.cpu_s:.1f} s of CPU: {self.stderr[-2000:]}"
 
 
 def run_measured(args: Sequence[str], *, timeout: float, env: dict[str, str] | None = None) -> Measured:
@@ -41,7 +46,8 @@ def run_measured(args: Sequence[str], *, timeout: float, env: dict[str, str] | N
         out.seek(0)
         err.seek(0)
         return Measured(proc.returncode, out.read().decode("utf-8", "backslashreplace"),
-                        err.read().decode("utf-8", "backslashreplace"), usage.ru_maxrss / 1024, fired.is_set())
+                        err.read().decode("utf-8", "backslashreplace"), usage.ru_maxrss / 1024, fired.is_set(),
+                        usage.ru_utime + usage.ru_stime)
 
 
 def omnisdk(*args: str) -> list[str]:
