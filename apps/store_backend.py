@@ -6,12 +6,15 @@ Qdrant server, which any number of processes share).
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
 from omnisdk.apps.backend import Hit, IndexSummary, ProgressCallback
 from omnisdk.errors import OmniError
 from omnisdk.items import Item
+
+log = logging.getLogger(__name__)
 
 
 class StoreBackend:
@@ -30,6 +33,8 @@ class StoreBackend:
             Indexer(model, store, collection, model_dir=model_dir, progress=False)
         self.searcher = Searcher(store, collection, model, calibrate=calibrate)
         self._roots = _source_dirs(store, collection)
+        local = store.local_dir(collection)
+        self._local = local if local is not None and local.is_dir() else None  # watched: see _check_store
 
     @classmethod
     def open(
@@ -63,7 +68,14 @@ class StoreBackend:
             raise
 
     def close(self) -> None:
-        self.store.close()
+        try:
+            self.store.close()
+        except OmniError as exc:
+            if self._local is None or self._local.is_dir():
+                raise
+            # Its directory was removed under the app (already reported by each search): the final flush has
+            # nowhere to go and nothing there to keep, so closing must not fail the app's shutdown.
+            log.warning("closing the store: its directory %s was removed (%s)", self._local, exc)
 
     def modalities(self) -> list[str]:
         return list(self.model.plugins)
@@ -71,7 +83,15 @@ class StoreBackend:
     def indexed_roots(self) -> list[Path]:
         return list(self._roots)
 
+    def _check_store(self) -> None:
+        """An embedded store whose directory is removed while the app runs still answers from its memory
+        maps, with points that exist nowhere any more, and writes would be lost: say so instead."""
+        if self._local is not None and not self._local.is_dir():
+            raise OmniError(f"the collection's directory {self._local} was removed while the app was running: "
+                            f"index the files again (omnisdk index PATH --collection {self.collection}) and restart the app")
+
     def search(self, query: Item, limit: int, modalities: Sequence[str] | None) -> list[Hit]:
+        self._check_store()
         hits = self.searcher.search(query, limit=limit, modalities=list(modalities) if modalities else None)
         return [
             Hit(rank=h.rank, score=float(h.score), modality=h.modality, source=Path(h.source) if h.source else None,
@@ -81,6 +101,8 @@ class StoreBackend:
 
     def index_files(self, paths: Sequence[Path], progress_cb: ProgressCallback | None = None) -> IndexSummary:
         from omnisdk.search import Indexer
+
+        self._check_store()
 
         def chunks_done(done: int, total: int) -> None:
             if progress_cb is not None:

@@ -189,7 +189,19 @@ def write_manifest(directory: Path, manifest: Manifest) -> None:
 
 
 def atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same directory, then rename: a kill never leaves half a file."""
+    """Write through a temporary file in the same directory, then rename: a kill never leaves half a file.
+    A full, over-quota or read-only filesystem is a one-line WriteError naming `path`; the old file is intact."""
+    from omnisdk.errors import WriteError
+
+    try:
+        _write_then_rename(path, write)
+    except OSError as exc:
+        if exc.errno not in WriteError._HINTS:
+            raise
+        raise WriteError.of(exc, f"writing {path} (its previous content is intact)") from exc
+
+
+def _write_then_rename(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)

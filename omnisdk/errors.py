@@ -69,3 +69,17 @@ def describe(item: object, width: int = 60) -> str:
     label = getattr(item, "label", None)
     text = label() if callable(label) else repr(item)
     return text if len(text) <= width else "..." + text[-(width - 3) :]  # the end holds the file name
+
+
+class WriteError(OmniError):
+    """The filesystem refused a write (full, over quota, read-only): one line saying what and what to do."""
+
+    _HINTS = {28: "the disk is full: free some space and run the command again",
+              122: "the disk quota is exhausted: free some space and run the command again",
+              30: "the filesystem is read-only: write somewhere else, or remount it read-write"}
+
+    @classmethod
+    def of(cls, exc: OSError, what: str) -> "WriteError":
+        hint = cls._HINTS.get(exc.errno or 0)
+        reason = (exc.strerror or str(exc)).lower()
+        return cls(f"{what} failed: {reason}" + (f"; {hint}" if hint else ""))

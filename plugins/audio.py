@@ -48,6 +48,9 @@ from omnisdk.modality import (
 
 #: Peak amplitude under which a clip counts as silent (-100 dBFS): it would embed as noise.
 SILENCE_PEAK = 1e-5
+#: Peak amplitude over which float samples are not audio (+60 dBFS; full scale is 1.0): their spectrogram's
+#: power overflows float32 (samples at 1e30 gave NaN vectors, and NaN gradients that ended a training run).
+LOUD_PEAK = 1e3
 #: A last chunk shorter than this is dropped: too short to say anything, and it would be mostly padding.
 MIN_TAIL_SECONDS = 0.1
 #: Shorter clips get trailing silence up to this length: STFT and convolutional front ends need a
@@ -363,7 +366,7 @@ def to_mono(samples: Any) -> np.ndarray:
 
 
 def _finish(samples: np.ndarray, source_rate: int, rate: int) -> torch.Tensor:
-    """Resample to `rate` and refuse what would embed as noise: no samples, NaN/inf, silence."""
+    """Resample to `rate` and refuse what would embed as noise: no samples, NaN/inf, silence, absurd peaks."""
     import torchaudio
 
     if samples.size == 0:
@@ -373,6 +376,9 @@ def _finish(samples: np.ndarray, source_rate: int, rate: int) -> torch.Tensor:
     peak = float(np.abs(samples).max())
     if peak < SILENCE_PEAK:
         raise ValueError(f"the audio is silent (peak amplitude {peak:.1e}, below {SILENCE_PEAK:.0e})")
+    if peak > LOUD_PEAK:
+        raise ValueError(f"the samples reach {peak:.1e}, far outside full scale (1.0): not audio, or float samples "
+                         "that need scaling to [-1, 1] first")
     wave = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
     if source_rate != rate:
         wave = torchaudio.functional.resample(wave, source_rate, rate)

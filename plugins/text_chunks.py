@@ -17,6 +17,9 @@ from omnisdk.plugins.text_blocks import Block, Split
 #: Characters per token assumed when no tokenizer is at hand (a plugin used outside a model).
 CHARS_PER_TOKEN = 4
 _BATCH = 1024  # texts per tokenizer call: bounds the memory of the token id lists
+#: Characters one tokenizer call may take: a longer text (one 50 MB line) is counted and cut in slices of
+#: this size, since the tokenizer holds per-character alignments (gigabytes for such a line in one call).
+_SLICE = 100_000
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,8 @@ class TokenCounter:
     def counts(self, texts: list[str]) -> list[int]:
         if self.tokenizer is None:
             return [math.ceil(len(t) / CHARS_PER_TOKEN) for t in texts]
+        if any(len(t) > _SLICE for t in texts):  # slices' counts add up (give or take a token at each cut)
+            return [sum(self.counts(_slices(t))) if len(t) > _SLICE else self.counts([t])[0] for t in texts]
         out: list[int] = []
         for start in range(0, len(texts), _BATCH):
             enc = self.tokenizer(texts[start : start + _BATCH], add_special_tokens=False, truncation=False, verbose=False)
@@ -52,6 +57,8 @@ class TokenCounter:
             if starts[-1] + width < len(text):  # the tail, in a last full-width piece
                 starts.append(len(text) - width)
             return [text[s : s + width] for s in starts if text[s : s + width].strip()]
+        if len(text) > _SLICE:
+            return [piece for part in _slices(text) for piece in self.pieces(part, size, overlap)]
         offsets = self.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False,
                                  return_offsets_mapping=True)["offset_mapping"]
         pieces = []
@@ -61,6 +68,10 @@ class TokenCounter:
             if e == len(offsets):
                 break
         return pieces
+
+
+def _slices(text: str) -> list[str]:
+    return [text[s : s + _SLICE] for s in range(0, len(text), _SLICE)]
 
 
 def chunk_split(split: Split, counter: TokenCounter, size: int, overlap: int) -> list[TextChunk]:

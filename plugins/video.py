@@ -173,7 +173,11 @@ def _open_pyav(path: Path) -> tuple[Any, Any]:
     if not container.streams.video:
         container.close()
         raise VideoError(f"cannot decode video '{path.name}': the file has no video stream")
-    return container, container.streams.video[0]
+    stream = container.streams.video[0]
+    if stream.codec_context is None:  # a stream listed without codec parameters (a cut or damaged header)
+        container.close()
+        raise VideoError(f"cannot decode video '{path.name}': its video stream has no codec parameters (truncated or corrupt)")
+    return container, stream
 
 
 def decode_pyav(path: Path, locator: Locator | None, num_frames: int, max_pixels: int, max_decode_frames: int) -> list[Any]:

@@ -31,3 +31,15 @@ def tiny_model_factory():
         return build_base("tiny", modalities=modalities, **kwargs)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def hostile(tmp_path_factory, tiny_model_factory):
+    """(root, model, cases): the hostile-input corpus (tests/hostile) under root/corpus, and a tiny model of
+    every modality saved at root/model. Built once per session: every command runs over the same files."""
+    from hostile.corpus import build
+
+    root = tmp_path_factory.mktemp("hostile")
+    model = tiny_model_factory(modalities=["text", "image", "audio", "video", "document"])
+    model.save(root / "model")
+    return root, model, build(root / "corpus")

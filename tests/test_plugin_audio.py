@@ -104,6 +104,15 @@ def test_waveform_in_memory(media):
     assert AudioPlugin.accepts_object(Waveform(samples, 8_000))
 
 
+def test_float_samples_far_over_full_scale_are_refused_and_mild_overs_kept():
+    """Samples at 1e30 are finite, but their spectrogram overflows: NaN vectors and NaN training gradients."""
+    plugin = AudioPlugin()
+    with pytest.raises(ValueError, match=r"reach 1.0e\+30, far outside full scale"):
+        load(plugin, Item(modality="audio", data=Waveform(np.full(16_000, 1e30, dtype=np.float32), 16_000)))
+    over = load(plugin, Item(modality="audio", data=Waveform(tone(1.0, 16_000, amplitude=1.5), 16_000)))  # a clipped master
+    assert torch.isfinite(over).all() and float(over.abs().max()) > 1.0
+
+
 @pytest.mark.parametrize(
     ("name", "locator", "config", "cause"),
     [

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from omnisdk.errors import WriteError
+
 CHECKPOINTS = "checkpoints"
 
 
@@ -38,19 +40,37 @@ def save_state(run_dir: Path, step: int, named_params: dict[str, torch.nn.Parame
                scheduler: torch.optim.lr_scheduler.LRScheduler, info: dict[str, Any], keep: int) -> Path:
     final = checkpoint_dir(run_dir, step)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-    save_file({n: p.detach().cpu().contiguous() for n, p in named_params.items()}, str(tmp / "trainable.safetensors"))
-    save_file(_optimizer_tensors(named_params, optimizer), str(tmp / "optimizer.safetensors"))
-    rng = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    save_file(rng, str(tmp / "rng.safetensors"))
-    (tmp / "state.json").write_text(json.dumps({"step": step, "scheduler": scheduler.state_dict(), **info}, indent=1))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    except OSError as exc:
+        raise WriteError.of(exc, f"writing training checkpoint {final}") from exc
+    try:
+        save_file({n: p.detach().cpu().contiguous() for n, p in named_params.items()}, str(tmp / "trainable.safetensors"))
+        save_file(_optimizer_tensors(named_params, optimizer), str(tmp / "optimizer.safetensors"))
+        rng = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+        save_file(rng, str(tmp / "rng.safetensors"))
+        (tmp / "state.json").write_text(json.dumps({"step": step, "scheduler": scheduler.state_dict(), **info}, indent=1))
+    except Exception as exc:
+        shutil.rmtree(tmp, ignore_errors=True)  # a half-written checkpoint would only take space
+        errno_of = getattr(exc, "errno", None) or _errno_in(exc)
+        if errno_of in WriteError._HINTS:
+            raise WriteError.of(OSError(errno_of, os.strerror(errno_of)),
+                                f"writing training checkpoint {final} (the earlier checkpoints are intact)") from exc
+        raise
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
     _prune(run_dir, keep)
     return final
+
+
+def _errno_in(exc: BaseException) -> int | None:
+    """safetensors raises its own error for a failed write; the OS error's text is all it keeps."""
+    text = str(exc).lower()
+    return next((code for code, words in ((28, "no space left"), (122, "quota exceeded"), (30, "read-only file system"))
+                 if words in text), None)
 
 
 def load_state(path: Path, named_params: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer,

@@ -310,7 +310,10 @@ def _check_path(root: Path, record: Record, where: str) -> None:
     if not target.is_relative_to(root.resolve()):
         raise DatasetError(f"{where}: path '{record.path}' points outside the dataset root")
     if not target.is_file():
-        raise DatasetError(f"{where}: file not found: {record.path}")
+        from omnisdk.special_files import refusal, special_kind
+
+        kind = special_kind(root / record.path)  # a FIFO or a device would block or never end: name it
+        raise DatasetError(f"{where}: {record.path} is {refusal(kind)}" if kind else f"{where}: file not found: {record.path}")
 
 
 def _read_qrels(path: Path, queries: dict[str, Record], corpus: dict[str, Record]) -> dict[str, dict[str, int]]:

@@ -77,8 +77,11 @@ class EvalReport(BaseModel):
         """The report as JSON (NaN, for a task with no queries, becomes null); also written to `path`."""
         text = json.dumps(_nan_to_none(self.model_dump(mode="json")), indent=2) + "\n"
         if path is not None:
+            from omnisdk.checkpoint import atomic_write
+
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            Path(path).write_text(text)
+            # A kill or a full disk mid-write must not leave half a report that a resumed pipeline trusts.
+            atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
         return text
 
     @classmethod

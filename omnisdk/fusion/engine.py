@@ -22,6 +22,7 @@ import torch
 
 from omnisdk import checkpoint as ckpt
 from omnisdk.checkpoint import weights_fingerprint
+from omnisdk.errors import WriteError
 from omnisdk.fusion.methods import generator_for
 from omnisdk.fusion.plan import FusionError, FusionPlan, ParameterPlan
 from omnisdk.fusion.reader import BufferedTensorFile
@@ -70,6 +71,10 @@ def run_fusion(plan: FusionPlan, *, progress: bool | None = None, verify: bool =
         if plan.out.exists():
             plan.out.rmdir()  # the plan allowed only an empty directory
         os.replace(staging, plan.out)
+    except OSError as exc:
+        if exc.errno not in WriteError._HINTS:
+            raise
+        raise WriteError.of(exc, f"writing the fused checkpoint {plan.out} (nothing was written there)") from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     report.finish(fingerprint, time.perf_counter() - started)

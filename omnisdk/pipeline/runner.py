@@ -256,8 +256,12 @@ class Pipeline:
         path = self.out / "evals" / f"{name.replace(':', '-')}.json"
         fingerprint = ckpt.read_manifest(directory).fingerprint
         if path.is_file():
-            saved = EvalReport.from_json(path)
-            if saved.model_fingerprint == fingerprint and saved.dataset_hash == dataset.content_hash():
+            try:
+                saved = EvalReport.from_json(path)
+            except OmniError as exc:  # e.g. cut short by a kill before reports were written atomically
+                log.warning("%s is unreadable (%s); evaluating again", path, exc)
+                saved = None
+            if saved is not None and saved.model_fingerprint == fingerprint and saved.dataset_hash == dataset.content_hash():
                 self.skipped.append(f"eval:{name}")
                 return saved
         model = OmniModel.load(directory, device=resolve_device(self.device),

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from omnisdk.errors import OmniError
+from omnisdk.items import printable
 from omnisdk.precision import add_compute_arguments, compute_from
 
 EXIT_ITEMS_FAILED = 3  # as omnisdk.cli: some files failed, the rest was done
@@ -100,8 +101,8 @@ def cmd_index(args: argparse.Namespace) -> int:
             return _watch(indexer, args)
         report = indexer.index(args.paths, prune=args.prune, rules=_rules(args))
     print(json.dumps(report.as_dict(), indent=2) if args.json else report.markdown())
-    for error in report.errors:
-        print(f"omnisdk: failed: {error.path}: {error.cause}", file=sys.stderr)
+    for error in report.errors:  # one line each: a name may hold a newline or bytes in no encoding
+        print(f"omnisdk: failed: {printable(error.path)}: {error.cause}", file=sys.stderr)
     return EXIT_ITEMS_FAILED if report.errors else 0
 
 
@@ -128,7 +129,7 @@ def _watch(indexer, args: argparse.Namespace) -> int:
     def on_report(report) -> None:
         failed.extend(report.errors)
         for error in report.errors:
-            print(f"omnisdk: failed: {error.path}: {error.cause}", file=sys.stderr, flush=True)
+            print(f"omnisdk: failed: {printable(error.path)}: {error.cause}", file=sys.stderr, flush=True)
         if args.json:
             print(json.dumps(report.as_dict()), flush=True)
         elif len(watcher.reports) == 1:

@@ -283,6 +283,11 @@ class Indexer:
         """Decide what a file needs: nothing, its stale points dropped, a copy, or embedding."""
         report, source = self._report, str(path)
         report.files += 1
+        try:
+            source.encode("utf-8")
+        except UnicodeEncodeError:  # payloads are UTF-8 text: such a name would end the whole run at its upsert
+            self._fail(FileError(source, "its name is not valid UTF-8 (stored names are text): rename the file", "read"))
+            return None
         old_ids = {i for g in groups.values() for i in g.ids}
         modality = self._modality(path)
         if modality is None:

@@ -19,12 +19,16 @@ Every update goes through Edge's WAL, so it survives a kill of the process once 
 """
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from omnisdk.checkpoint import atomic_write
+from omnisdk.errors import WriteError
 from omnisdk.store.base import (
     ASPECTS,
     INDEXED_FIELDS,
@@ -45,6 +49,8 @@ META_FILE = "collection.json"
 SHARD_DIR = "shard"
 LOCK_FILE = ".lock"
 
+log = logging.getLogger(__name__)
+
 
 def _edge():
     try:
@@ -63,6 +69,7 @@ class EdgeStore:
         self._shards: dict[str, Any] = {}
         self._locks: dict[str, Any] = {}
         self._metas: dict[str, CollectionMeta] = {}
+        self._copies: dict[str, Path] = {}  # collection -> a private copy of a shard on a read-only filesystem
 
     def __enter__(self) -> EdgeStore:
         return self
@@ -148,7 +155,7 @@ class EdgeStore:
     # -- points -----------------------------------------------------------------------------------------
     def upsert(self, collection: str, points: Iterable[StoredPoint], batch_size: int = 256) -> int:
         edge = _edge()
-        shard = self._shard(collection)
+        shard = self._shard(collection, write=True)
         written, batch = 0, []
         for point in points:
             batch.append(edge.Point(point.id, as_vector(point.vector), point.payload))
@@ -164,18 +171,18 @@ class EdgeStore:
         edge = _edge()
         ids = list(ids)
         for start in range(0, len(ids), 1024):
-            self._shard(collection).update(edge.UpdateOperation.delete_points(ids[start : start + 1024]))
+            self._shard(collection, write=True).update(edge.UpdateOperation.delete_points(ids[start : start + 1024]))
 
     def delete_by_source(self, collection: str, sources: Sequence[str]) -> None:
         edge = _edge()
         sources = list(sources)
         for start in range(0, len(sources), 256):
             condition = edge.FieldCondition("source", match=edge.MatchAny(sources[start : start + 256]))
-            self._shard(collection).update(edge.UpdateOperation.delete_points_by_filter(edge.Filter(must=[condition])))
+            self._shard(collection, write=True).update(edge.UpdateOperation.delete_points_by_filter(edge.Filter(must=[condition])))
 
     def set_payload(self, collection: str, ids: Sequence[str], payload: dict[str, Any]) -> None:
         if ids:
-            self._shard(collection).update(_edge().UpdateOperation.set_payload(list(ids), payload))
+            self._shard(collection, write=True).update(_edge().UpdateOperation.set_payload(list(ids), payload))
 
     def query(
         self, collection: str, vector: Any, limit: int = 10, modalities: Sequence[str] | None = None, *, exact: bool = False,
@@ -224,7 +231,7 @@ class EdgeStore:
             self._shards[collection].flush()
 
     def optimize(self, collection: str) -> None:
-        self._shard(collection).optimize()
+        self._shard(collection, write=True).optimize()
 
     def close(self) -> None:
         errors = []
@@ -237,20 +244,31 @@ class EdgeStore:
                 errors.append(f"{name}: {exc}")
         for name in list(self._locks):
             self._unlock(name)
+        for copy in self._copies.values():
+            shutil.rmtree(copy, ignore_errors=True)
+        self._copies.clear()
         self._metas.clear()
         if errors:
             raise StoreError(f"closing {self.location} failed for {'; '.join(errors)}")
 
     # -- internals ----------------------------------------------------------------------------------------
-    def _shard(self, collection: str):
+    def _shard(self, collection: str, *, write: bool = False):
         shard = self._shards.get(collection)
-        if shard is not None:
-            return shard
+        if shard is None:
+            shard = self._load(collection)
+        if write and collection in self._copies:
+            raise WriteError(f"collection '{collection}' in {self.location} is on a read-only filesystem: it can be "
+                             "searched, not changed; remount it read-write, or index into a store elsewhere")
+        return shard
+
+    def _load(self, collection: str):
         meta = self.get_meta(collection)  # raises CollectionNotFoundError
         self._lock(collection)
         edge = _edge()
         shard_dir = self.local_dir(collection) / SHARD_DIR
         try:
+            if _read_only(shard_dir):
+                shard_dir = self._private_copy(collection, shard_dir)
             shard = edge.EdgeShard.load(str(shard_dir))
         except Exception as exc:
             self._unlock(collection)
@@ -259,12 +277,26 @@ class EdgeStore:
         self._metas[collection] = meta
         return shard
 
+    def _private_copy(self, collection: str, shard_dir: Path) -> Path:
+        """Edge maps a shard's files read-write, so it cannot open one on a read-only filesystem: search a copy
+        in the temporary directory (removed at close), and refuse writes, which the copy would silently lose."""
+        copy = Path(tempfile.mkdtemp(prefix=f"omnisdk-{collection}-"))
+        self._copies[collection] = copy
+        log.warning("collection '%s' is on a read-only filesystem: searching a temporary copy of it (%s)", collection, copy)
+        shutil.copytree(shard_dir, copy / SHARD_DIR)
+        return copy / SHARD_DIR
+
     def _lock(self, collection: str) -> None:
         if collection in self._locks:
             return
         path = self.local_dir(collection) / LOCK_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(path, "a+")
+        try:
+            handle = open(path, "a+")
+        except OSError as exc:
+            if exc.errno != errno.EROFS:
+                raise
+            return  # a read-only filesystem: no writer can come, and each reader opens its own copy (_private_copy)
         try:
             import fcntl
         except ImportError:  # not POSIX: Edge's own refusal is the only guard
@@ -291,6 +323,13 @@ class EdgeStore:
         handle = self._locks.pop(collection, None)
         if handle is not None:
             handle.close()  # closing the descriptor releases the flock
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:  # missing: Edge's own error says so
+        return False
 
 
 def _modality_filter(modalities: Sequence[str] | None):

@@ -1,6 +1,6 @@
 """Build the hostile-input corpus (issue 18): images, audio, text and special files that break naive readers.
 
-`build(root)` writes every file under `root` and returns one `Case` per input. Nothing here is
+`build(root)` writes every file (videos and PDFs come from hostile/video_pdf.py) under `root` and returns one `Case` per input. Nothing here is
 committed as a binary: each file is made from a few lines of code, so a reader sees what it holds.
 Large inputs are sparse (a header then `truncate`), so the corpus costs little disk and time.
 """
@@ -225,8 +225,10 @@ def specials(root: Path) -> list[Case]:
 
 def build(root: Path) -> list[Case]:
     """Write the whole corpus under `root` (which must not exist yet); one Case per input."""
+    from hostile.video_pdf import pdfs, videos  # that module builds on this one's helpers
+
     root.mkdir(parents=True)
-    return images(root) + audio(root) + texts(root) + specials(root)
+    return images(root) + audio(root) + videos(root) + pdfs(root) + texts(root) + specials(root)
 
 
 def _write(folder: Path, files) -> list[Case]:
