@@ -199,7 +199,6 @@ class HeatmapPlugin(omnisdk.ModalityPlugin):
     description = "Numeric grids from CSV files or 2-D numpy arrays: heat maps, multichannel time series"
     package = "omnisdk-heatmap"  # the pip command in "plugin not installed" errors names it
     extensions = (".csv",)
-    mime_types = ("text/csv",)
     python_types = ("numpy.ndarray",)
     Config = HeatmapConfig
     instructions = omnisdk.Instructions(query="Find a heat map like this one: ", document="A heat map: ")
