@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from omnisdk.model import OmniModel
+
 
 class PluginConfig(BaseModel):
     """Base of every plugin's settings; saved in the checkpoint manifest."""
@@ -148,7 +150,7 @@ class TokenEmbeddings:
 class Runtime:
     """What an adapter may use at forward time: the backbone's text embedding and the other adapters."""
 
-    def __init__(self, model: Any):
+    def __init__(self, model: OmniModel):
         self._model = model
 
     @property

@@ -8,7 +8,7 @@ import threading
 import warnings
 from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping, Sequence, overload
 
 import numpy as np
 import torch
@@ -503,6 +503,16 @@ class OmniModel(nn.Module):
         return TokenEmbeddings(embeds, torch.ones_like(id_tensor))
 
     # -- encoding -------------------------------------------------------------------------------------
+    @overload
+    def encode(self, items: Iterable[Any], *, batch_size: int = ..., aspects: bool = ..., role: Role | None = ...,
+               show_progress: bool | None = ..., errors: ErrorPolicy = ..., return_errors: Literal[False] = ...,
+               timer: PhaseTimer | None = ...) -> np.ndarray: ...
+
+    @overload
+    def encode(self, items: Iterable[Any], *, batch_size: int = ..., aspects: bool = ..., role: Role | None = ...,
+               show_progress: bool | None = ..., errors: ErrorPolicy = ..., return_errors: Literal[True],
+               timer: PhaseTimer | None = ...) -> tuple[np.ndarray, list[ItemError]]: ...
+
     def encode(
         self,
         items: Iterable[Any],

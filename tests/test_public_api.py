@@ -54,3 +54,20 @@ def test_from_preset_builds_and_load_records_the_directory(tmp_path):
     assert loaded.directory == tmp_path / "m" and loaded.fingerprint == model.fingerprint
     # A partial load is another model, with another fingerprint: it claims no directory.
     assert omnisdk.OmniModel.load(tmp_path / "m", modalities=[]).directory is None
+
+
+def test_services_take_the_store_then_the_collection_and_remember_the_model_directory(tmp_path):
+    omnisdk.OmniModel.from_preset("tiny", modalities=["text"]).save(tmp_path / "m")
+    model = omnisdk.OmniModel.load(tmp_path / "m")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("a red circle on the left")
+    with omnisdk.open_store(":memory:") as store:
+        report = omnisdk.Indexer(store, "c", model, progress=False).index([tmp_path / "docs"])
+        assert report.indexed == 1
+        assert store.get_meta("c").model_path == str(tmp_path / "m")  # from model.directory, not repeated
+        searcher = omnisdk.Searcher(store, "c")  # loads the model from the recorded directory
+        assert searcher.model.fingerprint == model.fingerprint
+        assert searcher.search("a red circle", limit=1)[0].source.endswith("a.txt")
+        with pytest.warns(DeprecationWarning, match=r"Indexer\(store, collection, model\)"):
+            old = omnisdk.Indexer(model, store, "c", progress=False)
+        assert (old.store, old.collection, old.model) == (store, "c", model)
