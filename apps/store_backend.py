@@ -30,7 +30,7 @@ class StoreBackend:
         self.model_dir = model_dir
         if not store.collection_exists(collection):
             # A new collection: the Indexer creates it and records the model (and refuses nothing yet).
-            Indexer(model, store, collection, model_dir=model_dir, progress=False)
+            Indexer(store, collection, model, model_dir=model_dir, progress=False)
         self.searcher = Searcher(store, collection, model, calibrate=calibrate)
         self._roots = _source_dirs(store, collection)
         local = store.local_dir(collection)
@@ -108,7 +108,7 @@ class StoreBackend:
             if progress_cb is not None:
                 progress_cb(done, total, f"{done} of {total} chunks embedded")
 
-        indexer = Indexer(self.model, self.store, self.collection, model_dir=self.model_dir, progress=chunks_done)
+        indexer = Indexer(self.store, self.collection, self.model, model_dir=self.model_dir, progress=chunks_done)
         report = indexer.index([Path(p) for p in paths])
         self._roots = _source_dirs(self.store, self.collection)
         return IndexSummary(

@@ -81,7 +81,7 @@ def time_indexing(model, folder: Path) -> dict:
 
     with open_store(":memory:") as store:
         start = time.perf_counter()
-        report = Indexer(model, store, "bench", progress=False).index([folder])
+        report = Indexer(store, "bench", model, progress=False).index([folder])
         seconds = time.perf_counter() - start
         texts = [p.payload["text"] for p in store.scroll("bench")]
     tokens = tokens_of(model, texts)

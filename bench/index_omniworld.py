@@ -65,7 +65,7 @@ def hand_loop(model, store, collection: str, folder: Path, batch_size: int) -> d
 def indexer_run(model, store, collection: str, folder: Path, batch_size: int) -> dict:
     from omnisdk.search import Indexer
 
-    report = Indexer(model, store, collection, batch_size=batch_size, progress=False).index([folder])
+    report = Indexer(store, collection, model, batch_size=batch_size, progress=False).index([folder])
     if report.failed:
         raise SystemExit(f"{report.failed} files failed to index in {folder}: {report.errors[:3]}")
     return {"seconds": report.seconds, "files": report.files, "chunks": report.chunks_embedded,

@@ -155,7 +155,7 @@ def _index(paths: DemoPaths, store_spec: str | None, say):
 
     model = OmniModel.load(paths.model)
     store = open_store(store_spec or str(paths.store))
-    report = Indexer(model, store, COLLECTION, model_dir=str(paths.model)).index([paths.corpus], prune=True)
+    report = Indexer(store, COLLECTION, model).index([paths.corpus], prune=True)
     say(f"[3/4] indexed {paths.corpus} into collection '{COLLECTION}' ({report.store}): {report.indexed} new, "
         f"{report.unchanged} unchanged, {report.failed} failed, {report.points_total} points")
     return store

@@ -47,13 +47,7 @@ def omnisdk_detect_modality(item: Item, modalities: Mapping[str, type[ModalityPl
     if item.modality is not None:
         return item.modality
     if item.path is not None:
-        for suffix in dict.fromkeys((item.path.suffix.lower(), sniff_extension(item.path))):
-            claims = [name for name, cls in modalities.items() if suffix and suffix in cls.extensions]
-            claims = claims or [name for name, cls in modalities.items()
-                                if suffix and suffix in getattr(cls, "fallback_extensions", ())]
-            if claims:
-                return _only(claims, f"file type '{suffix}'")
-        return None
+        return _path_match(item.path, modalities)
     if item.data is not None:
         return _closest_type_match(item.data, modalities)
     if item.text is not None:
@@ -61,14 +55,38 @@ def omnisdk_detect_modality(item: Item, modalities: Mapping[str, type[ModalityPl
     return None
 
 
+def _path_match(path: Path, modalities: Mapping[str, type[ModalityPlugin]]) -> str | None:
+    """The plugin whose `accepts_path` claims the file; failing that, the one its first bytes point to.
+
+    A claim through `fallback_extensions` only counts when no plugin claims the file otherwise.
+    """
+    suffix = path.suffix.lower()
+    claims = [name for name, cls in modalities.items() if cls.accepts_path(path)]
+    strong = [name for name in claims if suffix not in getattr(modalities[name], "fallback_extensions", ())]
+    if strong or claims:
+        return _only(strong or claims, f"file type '{suffix}'" if suffix else f"file '{path.name}'")
+    sniffed = sniff_extension(path)  # a wrong or missing extension: the content says what it is
+    if sniffed is None or sniffed == suffix:
+        return None
+    claims = [name for name, cls in modalities.items() if sniffed in cls.extensions]
+    claims = claims or [name for name, cls in modalities.items() if sniffed in getattr(cls, "fallback_extensions", ())]
+    return _only(claims, f"file type '{sniffed}'") if claims else None
+
+
 def _closest_type_match(obj: object, modalities: Mapping[str, type[ModalityPlugin]]) -> str | None:
-    """The plugin naming the most specific class in the object's MRO; a tie is ambiguous."""
-    for cls in type(obj).__mro__:
-        dotted = f"{cls.__module__}.{cls.__qualname__}"
-        claims = [name for name, plugin in modalities.items() if dotted in plugin.python_types]
-        if claims:
-            return _only(claims, f"Python type {dotted}")
-    return None
+    """The plugin whose `accepts_object` claims the object; of several, the one naming the most specific
+    class in its MRO (a plugin that claims it by an override of its own counts as the most specific)."""
+    claims = [name for name, plugin in modalities.items() if plugin.accepts_object(obj)]
+    if len(claims) < 2:
+        return claims[0] if claims else None
+    dotted = [f"{cls.__module__}.{cls.__qualname__}" for cls in type(obj).__mro__]
+
+    def rank(name: str) -> int:
+        named = [i for i, d in enumerate(dotted) if d in modalities[name].python_types]
+        return min(named) if named else 0
+
+    best = min(rank(n) for n in claims)
+    return _only([n for n in claims if rank(n) == best], f"Python type {dotted[best]}")
 
 
 def _only(claims: list[str], what: str) -> str:

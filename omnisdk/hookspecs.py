@@ -10,6 +10,7 @@ if TYPE_CHECKING:
 
     from omnisdk.items import Item
     from omnisdk.modality import ModalityPlugin, RecoveryPlan
+    from omnisdk.model import OmniModel
 
 hookspec = pluggy.HookspecMarker("omnisdk")
 hookimpl = pluggy.HookimplMarker("omnisdk")
@@ -26,7 +27,7 @@ def omnisdk_detect_modality(item: Item, modalities: Mapping[str, type[ModalityPl
 
 
 @hookspec(firstresult=True)
-def omnisdk_recovery_plan(modality: str, model: Any) -> RecoveryPlan | None:
+def omnisdk_recovery_plan(modality: str, model: OmniModel) -> RecoveryPlan | None:
     """Return what to train when repairing `modality` after fusion, or None for the plugin's default."""
 
 

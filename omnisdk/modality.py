@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from omnisdk.model import OmniModel
+
 
 class PluginConfig(BaseModel):
     """Base of every plugin's settings; saved in the checkpoint manifest."""
@@ -78,6 +80,8 @@ class TrainingDefaults(BaseModel):
     batch_size: int = 32
     temperature: float = 0.05
     warmup_ratio: float = 0.1
+    #: train the specialist's backbone through low-rank adapters (default rank and targets; merged when
+    #: training ends) instead of in full; a user's `lora` setting (a table, or none) overrides it.
     lora: bool = False
 
 
@@ -146,7 +150,7 @@ class TokenEmbeddings:
 class Runtime:
     """What an adapter may use at forward time: the backbone's text embedding and the other adapters."""
 
-    def __init__(self, model: Any):
+    def __init__(self, model: OmniModel):
         self._model = model
 
     @property
@@ -209,11 +213,11 @@ class ModalityPlugin(ABC):
     package: ClassVar[str] = "omnisdk"
     #: importable modules it needs; "a|b" means either will do.
     requires: ClassVar[tuple[str, ...]] = ()
+    #: file extensions it claims (lower case, with the dot); see `accepts_path`.
     extensions: ClassVar[tuple[str, ...]] = ()
     #: extensions it also reads, claimed only when no plugin lists them in `extensions` (the text
     #: plugin reads .csv as text, but a plugin made for tables wins it).
     fallback_extensions: ClassVar[tuple[str, ...]] = ()
-    mime_types: ClassVar[tuple[str, ...]] = ()
     #: dotted names of Python types it takes in memory, matched against the MRO without importing.
     python_types: ClassVar[tuple[str, ...]] = ()
     #: other modalities whose adapters this one calls; they are built first.
@@ -263,10 +267,15 @@ class ModalityPlugin(ABC):
 
     @classmethod
     def accepts_path(cls, path: Path) -> bool:
+        """Whether detection may route this file here; default: its extension is in `extensions` or
+        `fallback_extensions`. Override to claim files by name or content; a file no plugin accepts is
+        then matched by its first bytes (magic numbers) against `extensions`."""
         return path.suffix.lower() in cls.extensions + cls.fallback_extensions
 
     @classmethod
     def accepts_object(cls, obj: Any) -> bool:
+        """Whether detection may route this in-memory object here; default: a class in its MRO is named in
+        `python_types`. Of several plugins that accept it, the one naming the most specific class wins."""
         names = {f"{t.__module__}.{t.__qualname__}" for t in type(obj).__mro__}
         return any(n in names for n in cls.python_types)
 

@@ -8,7 +8,7 @@ import threading
 import warnings
 from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping, Sequence, overload
 
 import numpy as np
 import torch
@@ -72,6 +72,9 @@ class OmniModel(nn.Module):
         self._instruction_cache: dict[str, list[int]] = {}
         self.precision = "fp32"
         self.prepared_cache: PreparedCache | None = None
+        #: the checkpoint directory this model was loaded from or last saved to; None for an unsaved model.
+        #: Indexer records it in the collection, so a Searcher can load the model without being told where.
+        self.directory: Path | None = None
         # One fast tokenizer must not be used from two threads at once (a prefetch thread tokenises
         # text while the training thread embeds a page's text).
         self._tokenizer_lock = threading.RLock()
@@ -116,6 +119,32 @@ class OmniModel(nn.Module):
         spec = spec_of(backbone, pooling, max_length, source, padding_side)
         spec.chat_template = chat.applies(backbone, tokenizer)
         return cls(backbone, tokenizer, instances, spec)
+
+    @classmethod
+    def from_preset(
+        cls,
+        name: str = "tiny",
+        *,
+        modalities: list[str] | None = None,
+        backbone: str | Path | None = None,
+        seed: int = 0,
+        overrides: dict[str, dict[str, Any]] | None = None,
+    ) -> OmniModel:
+        """A new base model from a named preset (`omnisdk.presets.list_presets()`: "tiny", "small").
+
+        Args:
+            name: the preset; "tiny" is a small random model that builds offline in seconds.
+            modalities: the plugins to include (and those they use); None: every available plugin.
+            backbone: a local Hugging Face checkpoint that replaces the preset's backbone.
+            seed: seeds the fresh adapters (and the tiny preset's random backbone).
+            overrides: plugin settings by modality, e.g. `{"heatmap": {"grid_rows": 16}}`.
+
+        Raises:
+            OmniError: for an unknown preset or an unusable backbone.
+        """
+        from omnisdk.presets import build_base
+
+        return build_base(name, modalities=modalities, backbone=backbone, seed=seed, overrides=overrides)
 
     @classmethod
     def load(
@@ -164,6 +193,8 @@ class OmniModel(nn.Module):
                 f"{directory} does not fit its manifest: missing {missing[:5]}, unexpected {unexpected[:5]}"
             )
         model._fingerprint = manifest.fingerprint if wanted is None else None
+        # A partial load is another model (another fingerprint): it has no directory of its own.
+        model.directory = directory if wanted is None else None
         return model.to(device or default_device())
 
     def save(self, directory: str | Path, lineage: ckpt.Lineage | None = None) -> ckpt.Manifest:
@@ -186,6 +217,7 @@ class OmniModel(nn.Module):
             lineage=self.lineage,
         )
         ckpt.write_manifest(directory, manifest)
+        self.directory = directory
         return manifest
 
     # -- properties ---------------------------------------------------------------------------------
@@ -471,6 +503,16 @@ class OmniModel(nn.Module):
         return TokenEmbeddings(embeds, torch.ones_like(id_tensor))
 
     # -- encoding -------------------------------------------------------------------------------------
+    @overload
+    def encode(self, items: Iterable[Any], *, batch_size: int = ..., aspects: bool = ..., role: Role | None = ...,
+               show_progress: bool | None = ..., errors: ErrorPolicy = ..., return_errors: Literal[False] = ...,
+               timer: PhaseTimer | None = ...) -> np.ndarray: ...
+
+    @overload
+    def encode(self, items: Iterable[Any], *, batch_size: int = ..., aspects: bool = ..., role: Role | None = ...,
+               show_progress: bool | None = ..., errors: ErrorPolicy = ..., return_errors: Literal[True],
+               timer: PhaseTimer | None = ...) -> tuple[np.ndarray, list[ItemError]]: ...
+
     def encode(
         self,
         items: Iterable[Any],

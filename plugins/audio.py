@@ -124,7 +124,6 @@ class AudioPlugin(ModalityPlugin):
     requires = ("soundfile", "torchaudio")
     # What libsndfile >= 1.1 (bundled with soundfile >= 0.12 wheels) decodes.
     extensions = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif")
-    mime_types = ("audio/wav", "audio/x-wav", "audio/flac", "audio/ogg", "audio/opus", "audio/mpeg", "audio/aiff")
     python_types = ("omnisdk.plugins.audio.Waveform",)
     Config = AudioConfig
     config: AudioConfig

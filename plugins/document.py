@@ -311,7 +311,6 @@ class DocumentPlugin(ModalityPlugin):
     extra = "document"
     requires = ("pymupdf", "PIL", "timm")
     extensions = (".pdf", *OTHER_FORMATS)
-    mime_types = ("application/pdf", "application/epub+zip", "application/oxps", "image/svg+xml")
     uses = ("image",)
     Config = DocumentConfig
     instructions = Instructions(query="Find a document page that matches: ", document="A document page: ")

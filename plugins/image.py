@@ -182,7 +182,6 @@ class ImagePlugin(ModalityPlugin):
     extra = "image"
     requires = ("PIL", "timm")
     extensions = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff")
-    mime_types = ("image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp", "image/tiff")
     python_types = ("PIL.Image.Image",)
     Config = ImageConfig
     instructions = Instructions(query="Find an image that matches: ", document="An image: ")

@@ -62,7 +62,6 @@ class TextPlugin(ModalityPlugin):
     description = "Plain text, Markdown, reStructuredText, HTML, tables, data files and source code, chunked by structure"
     extensions = (".txt", ".md")
     fallback_extensions = tuple(sorted(set(KIND_BY_SUFFIX) - {".txt", ".md"}))
-    mime_types = ("text/plain", "text/markdown", "text/html", "text/csv")
     python_types = ("builtins.str",)
     Config = TextConfig
     instructions = Instructions(query="", document="")

@@ -342,7 +342,6 @@ class VideoPlugin(ModalityPlugin):
     extra = "video"
     requires = ("decord|av", "PIL", "timm")
     extensions = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
-    mime_types = ("video/mp4", "video/quicktime", "video/x-matroska", "video/webm", "video/x-msvideo", "video/x-m4v")
     uses = ("image",)
     Config = VideoConfig
     instructions = Instructions(query="Find a video that matches: ", document="A video: ")

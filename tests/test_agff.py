@@ -220,7 +220,7 @@ def corpus(tmp_path_factory):
 def _index(model, model_dir, store, corpus):
     from omnisdk.search import Indexer
 
-    report = Indexer(model, store, "agff", model_dir=model_dir, progress=False).index([corpus])
+    report = Indexer(store, "agff", model, model_dir=model_dir, progress=False).index([corpus])
     assert report.indexed == len(list(corpus.iterdir()))
     return report
 
@@ -278,10 +278,10 @@ def test_a_model_of_the_other_kind_is_refused(agff_model, agff_dir, corpus, tmp_
     with open_store(str(tmp_path / "store")) as store:
         _index(agff_model, agff_dir, store, corpus)
         with pytest.raises(EmbeddingKindMismatchError, match="holds AGFF embeddings .3 aspect vectors"):
-            Indexer(plain, store, "agff")
+            Indexer(store, "agff", plain)
         with pytest.raises(EmbeddingKindMismatchError, match="the model makes single vectors"):
             Searcher(store, "agff", model_dir=plain_dir)
-        Indexer(plain, store, "single", progress=False).index([corpus])
+        Indexer(store, "single", plain, progress=False).index([corpus])
         with pytest.raises(EmbeddingKindMismatchError, match="holds single vectors"):
             Searcher(store, "single", agff_model)
 

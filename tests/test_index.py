@@ -75,7 +75,7 @@ def assert_same_points(a: dict, b: dict) -> None:
 
 def run_index(model, model_dir, store_dir, roots, **kwargs):
     with open_store(str(store_dir)) as store:
-        indexer = Indexer(model, store, COLLECTION, model_dir=model_dir, progress=False,
+        indexer = Indexer(store, COLLECTION, model, model_dir=model_dir, progress=False,
                           **{k: v for k, v in kwargs.items() if k not in ("prune",)})
         report = indexer.index(roots, prune=kwargs.get("prune", False))
         return report, snapshot(store)
@@ -176,7 +176,7 @@ def test_another_model_is_refused(model, model_dir, tmp_path, tiny_model_factory
     other = tiny_model_factory(modalities=["text", "image"], seed=1)
     with open_store(str(tmp_path / "store")) as store:
         with pytest.raises(FingerprintMismatchError) as info:
-            Indexer(other, store, COLLECTION)
+            Indexer(store, COLLECTION, other)
     assert model.fingerprint[:12] in str(info.value) and other.fingerprint[:12] in str(info.value)
 
 
@@ -257,7 +257,7 @@ KILLER = textwrap.dedent("""
                 os.kill(os.getpid(), signal.SIGKILL)  # right after a store write returned
 
     store = open_store(store_dir)
-    Indexer(OmniModel.load(model_dir), store, "files", model_dir=model_dir, batch_size=2, upsert_batch_size=2,
+    Indexer(store, "files", OmniModel.load(model_dir), model_dir=model_dir, batch_size=2, upsert_batch_size=2,
             progress=False, on_event=on_event).index([data], prune=True)
     store.close()
 """)

@@ -78,13 +78,13 @@ def test_the_indexer_stores_statistics_and_refreshes_them_when_the_index_changes
     (data / "a.txt").write_text("a red circle")
     Image.new("RGB", (24, 24), (200, 20, 20)).save(data / "red.png")
     with open_store(tmp_path / "store") as store:
-        Indexer(model, store, "c", progress=False).index([data])
+        Indexer(store, "c", model, progress=False).index([data])
         first = store.get_meta("c").calibration
         assert set(first["modalities"]) == {"text", "image"} and first["points"] == 2
-        Indexer(model, store, "c", progress=False).index([data])  # nothing changed: nothing recomputed
+        Indexer(store, "c", model, progress=False).index([data])  # nothing changed: nothing recomputed
         assert store.get_meta("c").calibration == first
         (data / "b.txt").write_text("a blue square")
-        Indexer(model, store, "c", progress=False).index([data])
+        Indexer(store, "c", model, progress=False).index([data])
         assert store.get_meta("c").calibration["points"] == 3
     with open_store(tmp_path / "store") as store:  # persisted with the collection
         assert store.get_meta("c").calibration["points"] == 3

@@ -189,7 +189,7 @@ def test_reindex_after_an_edit_replaces_only_that_files_chunks_and_search_shows_
     (data / "diary.txt").write_text("\n\n".join(f"Day {i}: rain on the tin roof." for i in range(60)))
 
     def index() -> tuple[dict, dict]:
-        report = Indexer(model, store, "notes", progress=False).index([data])
+        report = Indexer(store, "notes", model, progress=False).index([data])
         points = {p.id: p.payload for p in store.scroll("notes")}
         return report, points
 

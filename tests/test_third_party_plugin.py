@@ -373,6 +373,6 @@ def test_tutorial_code_is_the_example_package_code():
         source = (REPO / file).read_text()
         assert code in source, f"docs/writing-plugins.md shows code that is not in {file}:\n{code}"
     shown = "".join(code for _, code in excerpts)
-    for must in ("class HeatmapPlugin(ModalityPlugin):", "def preprocess(", "def build_adapter(", "def chunk(",
-                 "fusion = FusionSpec(", "[project.entry-points.omnisdk]", "def omnisdk_register_modalities("):
+    for must in ("class HeatmapPlugin(omnisdk.ModalityPlugin):", "def preprocess(", "def build_adapter(", "def chunk(",
+                 "fusion = omnisdk.FusionSpec(", "[project.entry-points.omnisdk]", "def omnisdk_register_modalities("):
         assert must in shown, f"the tutorial never shows {must!r}"

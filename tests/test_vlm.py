@@ -159,7 +159,7 @@ def test_align_specialists_fuse_recover_index_and_search_on_a_vision_language_ba
     model = OmniModel.load(tmp_path / "recovered")
     assert model.lineage.parents == [ckpt.read_manifest(tmp_path / "fused").fingerprint]
     with open_store(str(tmp_path / "store")) as store:
-        report = Indexer(model, store, "files", model_dir=tmp_path / "recovered", progress=False).index(
+        report = Indexer(store, "files", model, model_dir=tmp_path / "recovered", progress=False).index(
             [data / "media" / "red.png", data / "media" / "blue.png"])
         assert (report.indexed, report.failed) == (2, 0)
         hits = Searcher(store, "files", model).search(data / "media" / "red.png", limit=2)

@@ -72,7 +72,7 @@ def until(watcher: Watcher, condition, deadline: float = DEADLINE) -> None:
 
 def make_watcher(model, store_dir: Path, roots, **kwargs) -> Watcher:
     store = open_store(str(store_dir))
-    indexer = Indexer(model, store, COLLECTION, progress=False)
+    indexer = Indexer(store, COLLECTION, model, progress=False)
     return Watcher(indexer, roots, debounce=kwargs.pop("debounce", 0.05), **kwargs)
 
 
@@ -291,7 +291,7 @@ def on_event(name, info):
     if armed and name in ("upsert", "delete", "prune"):
         os.kill(os.getpid(), signal.SIGKILL)  # right after the first store write of a watch batch
 
-indexer = Indexer(OmniModel.load(model_dir), open_store(store_dir), "watched", progress=False, on_event=on_event)
+indexer = Indexer(open_store(store_dir), "watched", OmniModel.load(model_dir), progress=False, on_event=on_event)
 watcher = Watcher(indexer, [data], debounce=0.05)
 watcher.start()
 armed = True
@@ -324,7 +324,7 @@ def test_a_watcher_killed_mid_batch_is_repaired_by_the_next_start(model, model_d
         watcher.start()
         resumed = {p.id: p.payload for p in watcher.indexer.store.scroll(COLLECTION)}
     with open_store(str(tmp_path / "clean")) as store:
-        Indexer(model, store, COLLECTION, progress=False).index([data])
+        Indexer(store, COLLECTION, model, progress=False).index([data])
         clean = {p.id: p.payload for p in store.scroll(COLLECTION)}
     drop = ("indexed_at",)
     assert {k: {f: v for f, v in p.items() if f not in drop} for k, p in resumed.items()} == \

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from omnisdk import checkpoint as ckpt
 from omnisdk.datasets.format import Dataset, load_dataset
 from omnisdk.errors import OmniError
-from omnisdk.modality import dependencies_of
+from omnisdk.modality import ModalityPlugin, dependencies_of
 from omnisdk.trainers.config import TrainConfig
 from omnisdk.trainers.contrastive import ContrastiveTrainer, TrainResult
 from omnisdk.trainers.data import PairPool
@@ -43,16 +43,27 @@ def train_specialist(base: str | Path, plugin: str, data: str | Path | Dataset, 
     model = OmniModel.load(base, device=device_for(world, device)).use_cache(cache)
     if plugin not in model.plugins:
         raise OmniError(f"the base model has no '{plugin}' plugin (it has: {', '.join(model.plugins)})")
-    defaults = model.plugins[plugin].training
-    config = _config(
-        {"learning_rate": defaults.learning_rate, "steps": defaults.steps, "batch_size": defaults.batch_size,
-         "temperature": defaults.temperature, "warmup_ratio": defaults.warmup_ratio,
-         "trainable": ["backbone.*", *[f"adapters.{m}.*" for m in dependencies_of(model.plugins, plugin)]]},
-        overrides)
+    config = specialist_config(model.plugins, plugin, overrides)
     dataset = _dataset(data)
     pool = PairPool.from_dataset(dataset, tasks=config.tasks, modalities=[plugin])
     return _run(model, pool, config, out, world, stage="specialist", parent=base, dataset=dataset,
                 extra={"plugin": plugin}, show_progress=show_progress)
+
+
+def specialist_config(plugins: Mapping[str, ModalityPlugin], plugin: str,
+                      overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The `plugin` specialist's settings: its plugin's `training` defaults, then the user's `overrides`.
+
+    `TrainingDefaults.lora=True` trains the backbone through low-rank adapters (default LoraSettings);
+    an override `lora` (a table of settings, or None for full training) wins.
+    """
+    defaults = plugins[plugin].training
+    return _config(
+        {"learning_rate": defaults.learning_rate, "steps": defaults.steps, "batch_size": defaults.batch_size,
+         "temperature": defaults.temperature, "warmup_ratio": defaults.warmup_ratio,
+         "trainable": ["backbone.*", *[f"adapters.{m}.*" for m in dependencies_of(plugins, plugin)]],
+         "lora": {} if defaults.lora else None},
+        overrides)
 
 
 def align(base: str | Path, data: str | Path | Dataset, out: str | Path,

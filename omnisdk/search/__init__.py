@@ -1,15 +1,15 @@
 """Index folders of files into a vector store and search them with the model that indexed them.
 
-    from omnisdk.model import OmniModel
-    from omnisdk.search import Indexer, Searcher
-    from omnisdk.store import open_store
+    import omnisdk
 
-    model = OmniModel.load("ckpt")
-    with open_store() as store:                       # Qdrant Edge in ./.omnisdk
-        report = Indexer(model, store, "docs", model_dir="ckpt").index(["papers/", "clips/"])
-        hits = Searcher(store, "docs", model).search("solar panels", limit=5, modalities=["document"])
+    model = omnisdk.OmniModel.load("ckpt")
+    with omnisdk.open_store() as store:               # Qdrant Edge in ./.omnisdk
+        report = omnisdk.Indexer(store, "docs", model).index(["papers/", "clips/"])
+        hits = omnisdk.Searcher(store, "docs", model).search("solar panels", limit=5, modalities=["document"])
 
-- `Indexer(model, store, collection, *, model_dir=None, batch_size=32, error_log=None, progress=None,
+Both take the store, then the collection, then the model (as qdrant-client's calls take the collection first).
+
+- `Indexer(store, collection, model, *, model_dir=model.directory, batch_size=32, error_log=None, progress=None,
   on_event=None).index(paths, *, prune=False) -> IndexReport`: see `omnisdk.search.indexer`.
 - `Indexer.update(paths, roots, *, rules=None) -> IndexReport`: bring changed paths (present or gone)
   in line with the disk; `Watcher(indexer, roots, ...).run(stop_event)` keeps a collection in sync

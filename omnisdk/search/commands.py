@@ -94,7 +94,7 @@ def cmd_index(args: argparse.Namespace) -> int:
             raise OmniError(f"collection '{args.collection}' is new: say which model indexes it with --model DIR")
         model = OmniModel.load(model_dir, **compute_from(args))
         indexer = Indexer(
-            model, store, args.collection, model_dir=model_dir, batch_size=args.batch_size, error_log=args.error_log,
+            store, args.collection, model, model_dir=model_dir, batch_size=args.batch_size, error_log=args.error_log,
             progress=False if args.no_progress or args.json else None,
         )
         if args.watch:

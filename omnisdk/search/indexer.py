@@ -1,12 +1,10 @@
 """Indexer: folders of files -> located chunks -> vectors -> points in a store collection, resumably.
 
-    from omnisdk.model import OmniModel
-    from omnisdk.search import Indexer
-    from omnisdk.store import open_store
+    import omnisdk
 
-    model = OmniModel.load("ckpt")
-    with open_store() as store:
-        report = Indexer(model, store, "photos", model_dir="ckpt").index(["~/Pictures"], prune=True)
+    model = omnisdk.OmniModel.load("ckpt")
+    with omnisdk.open_store() as store:
+        report = omnisdk.Indexer(store, "photos", model).index(["~/Pictures"], prune=True)
     print(report.markdown())
 
 What happens to each regular, non-hidden file under the roots (no symlink is followed):
@@ -35,10 +33,11 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 
@@ -50,6 +49,9 @@ from omnisdk.search.walk import Walk, file_sha256, point_id, under, walk, walk_p
 from omnisdk.store.base import Store, StoredPoint, ensure_collection, now_iso
 from omnisdk.tables import markdown_table
 from omnisdk.timing import PhaseTimer
+
+if TYPE_CHECKING:
+    from omnisdk.model import OmniModel
 
 Progress = Callable[[int, int], None]
 Event = Callable[[str, dict[str, Any]], None]
@@ -163,8 +165,11 @@ class _Job:
 class Indexer:
     """Index files into one collection of a store with one model; see the module docstring.
 
-    Creating it opens the collection, or creates it (recording the model's fingerprint, dimension
-    and `model_dir`), and refuses a collection indexed with another model (FingerprintMismatchError).
+    Arguments come in Searcher's order: the store, the collection, the model (the old order,
+    `Indexer(model, store, collection)`, still works with a DeprecationWarning). Creating it opens the
+    collection, or creates it (recording the model's fingerprint, dimension and `model_dir`, by default
+    `model.directory`, where a Searcher loads the model from), and refuses a collection indexed with
+    another model (FingerprintMismatchError).
     `progress`: None (a bar on a terminal), a bool, or a callable(done_chunks, total_chunks).
     `on_event(name, info)` is called after each store write ("upsert", "delete", "prune") and
     after each file ("file"): for progress displays and for tests that stop a run at a given write.
@@ -172,9 +177,9 @@ class Indexer:
 
     def __init__(
         self,
-        model: Any,
         store: Store,
         collection: str,
+        model: OmniModel,
         *,
         model_dir: str | Path | None = None,
         batch_size: int = 32,
@@ -185,6 +190,12 @@ class Indexer:
     ):
         if batch_size < 1 or upsert_batch_size < 1:
             raise OmniError(f"batch sizes must be at least 1 (got {batch_size} and {upsert_batch_size})")
+        if isinstance(model, str):  # the old order, Indexer(model, store, collection): cheap to keep working
+            warnings.warn("Indexer(model, store, collection) is deprecated: pass Indexer(store, collection, model), "
+                          "the order Searcher takes", DeprecationWarning, stacklevel=2)
+            store, collection, model = collection, model, store  # type: ignore[assignment]
+        if model_dir is None:
+            model_dir = getattr(model, "directory", None)
         self.model = model
         self.store = store
         self.collection = collection

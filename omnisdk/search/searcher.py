@@ -42,7 +42,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -50,6 +50,9 @@ from omnisdk.errors import OmniError
 from omnisdk.items import Item, Locator, as_item
 from omnisdk.search.calibration import Calibration, calibrated_top, stored_calibration
 from omnisdk.store.base import ASPECTS, Hit, Store, StoreError, check_fingerprint, check_kind, modality_list
+
+if TYPE_CHECKING:
+    from omnisdk.model import OmniModel
 
 #: Up to this many points, search scores every point (see the module docstring).
 EXACT_SEARCH_UP_TO = 100_000
@@ -98,7 +101,7 @@ class Searcher:
     """Search one collection of a store; see the module docstring."""
 
     def __init__(
-        self, store: Store, collection: str, model: Any = None, *, model_dir: str | Path | None = None,
+        self, store: Store, collection: str, model: OmniModel | None = None, *, model_dir: str | Path | None = None,
         device: Any = None, exact: bool | None = None, precision: str = "fp32", calibrate: bool = True,
     ):
         self.store = store
@@ -112,7 +115,7 @@ class Searcher:
         check_fingerprint(self.meta, model.fingerprint, collection, "search")
         self.model = model
 
-    def _load_model(self, model_dir: str | Path | None, device: Any, precision: str):
+    def _load_model(self, model_dir: str | Path | None, device: Any, precision: str) -> OmniModel:
         from omnisdk.checkpoint import read_manifest
         from omnisdk.model import OmniModel
 

@@ -3,7 +3,7 @@
     from omnisdk.search import Indexer
     from omnisdk.search.watch import Watcher
 
-    watcher = Watcher(Indexer(model, store, "notes"), ["~/notes"])
+    watcher = Watcher(Indexer(store, "notes", model), ["~/notes"])
     watcher.run(stop)            # until the threading.Event `stop` is set (the CLI sets it on Ctrl-C)
 
 How it works:

@@ -17,20 +17,7 @@ import torch
 from pydantic import ConfigDict, Field, model_validator
 from torch import nn
 
-from omnisdk.hookspecs import hookimpl
-from omnisdk.items import Item, Locator
-from omnisdk.modality import (
-    BuildContext,
-    FusionSpec,
-    Instructions,
-    ModalityPlugin,
-    PluginConfig,
-    Prepared,
-    Runtime,
-    TokenEmbeddings,
-    TrainingDefaults,
-    run_per_item,
-)
+import omnisdk
 
 __version__ = "0.1.0"
 
@@ -38,7 +25,7 @@ __version__ = "0.1.0"
 MISSING = frozenset({"", "na", "n/a", "nan", "null", "none"})
 
 
-class HeatmapConfig(PluginConfig):
+class HeatmapConfig(omnisdk.PluginConfig):
     # Frozen, hence hashable: the parsed-file cache below is keyed by it.
     model_config = ConfigDict(frozen=True)
 
@@ -157,7 +144,7 @@ def array_grid(data: Any, config: HeatmapConfig) -> np.ndarray:
     return array
 
 
-def window(grid: np.ndarray, locator: Locator | None, sample_rate: float) -> np.ndarray:
+def window(grid: np.ndarray, locator: omnisdk.Locator | None, sample_rate: float) -> np.ndarray:
     """The rows a chunk's locator (a time span in seconds) covers; the whole grid without one."""
     if locator is None or locator.t0 is None:
         return grid
@@ -197,47 +184,46 @@ class HeatmapAdapter(nn.Module):
         nn.init.trunc_normal_(self.positions, std=0.02)
         self.projector = nn.Sequential(nn.LayerNorm(config.embed_dim), nn.Linear(config.embed_dim, hidden_size))
 
-    def forward(self, batch: dict[str, torch.Tensor], runtime: Runtime) -> TokenEmbeddings:
+    def forward(self, batch: dict[str, torch.Tensor], runtime: omnisdk.Runtime) -> omnisdk.TokenEmbeddings:
         tokens = self.patches(batch["grid"]).flatten(2).transpose(1, 2) + self.positions
         tokens = self.projector(tokens)
         mask = torch.ones(tokens.shape[:2], dtype=torch.long, device=tokens.device)
         # framed=False: the model adds the backbone's special tokens and this plugin's instruction.
-        return TokenEmbeddings(tokens, mask)
+        return omnisdk.TokenEmbeddings(tokens, mask)
 
 
 # -- the plugin -----------------------------------------------------------------------------------
-class HeatmapPlugin(ModalityPlugin):
+class HeatmapPlugin(omnisdk.ModalityPlugin):
     name = "heatmap"
     version = __version__
     description = "Numeric grids from CSV files or 2-D numpy arrays: heat maps, multichannel time series"
     package = "omnisdk-heatmap"  # the pip command in "plugin not installed" errors names it
     extensions = (".csv",)
-    mime_types = ("text/csv",)
     python_types = ("numpy.ndarray",)
     Config = HeatmapConfig
-    instructions = Instructions(query="Find a heat map like this one: ", document="A heat map: ")
+    instructions = omnisdk.Instructions(query="Find a heat map like this one: ", document="A heat map: ")
     # Owned, not shared: no other plugin calls this adapter, so the other specialists leave it at its
     # base values and merging could only shrink or sparsify the heatmap specialist's update. Fusion
     # copies it whole from the heatmap specialist instead; it was fitted to that specialist's backbone,
     # not the fused one, so recovery re-fits it (tens of thousands of parameters: cheap to train in full).
-    fusion = FusionSpec(shared=[], owned=["*"], recovery=True)
+    fusion = omnisdk.FusionSpec(shared=[], owned=["*"], recovery=True)
     # The adapter starts from random weights: it needs a higher rate than a pretrained backbone.
-    training = TrainingDefaults(learning_rate=3e-4, steps=400, batch_size=64)
+    training = omnisdk.TrainingDefaults(learning_rate=3e-4, steps=400, batch_size=64)
 
-    def preprocess(self, items: Sequence[Item], runtime: Runtime) -> Prepared:
-        def load(item: Item) -> torch.Tensor:
+    def preprocess(self, items: Sequence[omnisdk.Item], runtime: omnisdk.Runtime) -> omnisdk.Prepared:
+        def load(item: omnisdk.Item) -> torch.Tensor:
             values = window(self.read(item), item.locator, self.config.sample_rate)
             return to_grid_tensor(values, self.config)
 
         # Only the failures a bad input causes become per-item errors; a bug in this code still raises.
-        grids, ok, errors = run_per_item(items, load, errors_of=(OSError, ValueError, csv.Error))
+        grids, ok, errors = omnisdk.run_per_item(items, load, errors_of=(OSError, ValueError, csv.Error))
         batch = {"grid": torch.stack(grids)} if grids else None
-        return Prepared(batch=batch, ok=ok, errors=errors)
+        return omnisdk.Prepared(batch=batch, ok=ok, errors=errors)
 
-    def build_adapter(self, ctx: BuildContext) -> nn.Module:
+    def build_adapter(self, ctx: omnisdk.BuildContext) -> nn.Module:
         return HeatmapAdapter(self.config, ctx.hidden_size)
 
-    def read(self, item: Item) -> np.ndarray:
+    def read(self, item: omnisdk.Item) -> np.ndarray:
         """The item's whole grid, from its CSV file or its in-memory array."""
         if item.path is not None:
             return read_csv_grid(Path(item.path), self.config)
@@ -245,7 +231,7 @@ class HeatmapPlugin(ModalityPlugin):
             return array_grid(item.data, self.config)
         raise ValueError("a heatmap item needs a CSV file or a 2-D array")
 
-    def chunk(self, item: Item) -> list[Item]:
+    def chunk(self, item: omnisdk.Item) -> list[omnisdk.Item]:
         """A long time series as windows of `window_rows` rows, each located by its time span."""
         size = self.config.window_rows
         if size is None or item.locator is not None:
@@ -257,9 +243,10 @@ class HeatmapPlugin(ModalityPlugin):
         if rows <= size:
             return [item]
         rate = self.config.sample_rate
-        return [item.with_locator(Locator(t0=s / rate, t1=min(s + size, rows) / rate)) for s in range(0, rows, size)]
+        return [item.with_locator(omnisdk.Locator(t0=s / rate, t1=min(s + size, rows) / rate))
+                for s in range(0, rows, size)]
 
-    def describe_locator(self, locator: Locator | None) -> str:
+    def describe_locator(self, locator: omnisdk.Locator | None) -> str:
         if locator is None or locator.t0 is None:
             return ""
         rate = self.config.sample_rate
@@ -267,6 +254,6 @@ class HeatmapPlugin(ModalityPlugin):
         return f"rows {round(locator.t0 * rate)}-{end}"
 
 
-@hookimpl
-def omnisdk_register_modalities(register: Callable[[type[ModalityPlugin]], None]) -> None:
+@omnisdk.hookimpl
+def omnisdk_register_modalities(register: Callable[[type[omnisdk.ModalityPlugin]], None]) -> None:
     register(HeatmapPlugin)
