@@ -20,6 +20,10 @@ _BATCH = 1024  # texts per tokenizer call: bounds the memory of the token id lis
 #: Characters one tokenizer call may take: a longer text (one 50 MB line) is counted and cut in slices of
 #: this size, since the tokenizer holds per-character alignments (gigabytes for such a line in one call).
 _SLICE = 100_000
+#: Characters a chunk may hold per token of its window. WordPiece reads any word over 100 characters
+#: (a 5 MB run of one letter, a base64 blob) as one [UNK] token, so token counts alone would let one
+#: "token" carry megabytes into a chunk; real text averages about 4 characters a token.
+MAX_CHARS_PER_TOKEN = 32
 
 
 @dataclass(frozen=True)
@@ -44,8 +48,10 @@ class TokenCounter:
             return [sum(self.counts(_slices(t))) if len(t) > _SLICE else self.counts([t])[0] for t in texts]
         out: list[int] = []
         for start in range(0, len(texts), _BATCH):
-            enc = self.tokenizer(texts[start : start + _BATCH], add_special_tokens=False, truncation=False, verbose=False)
-            out.extend(len(ids) for ids in enc["input_ids"])
+            batch = texts[start : start + _BATCH]
+            enc = self.tokenizer(batch, add_special_tokens=False, truncation=False, verbose=False)
+            # never fewer than the character cap allows, so an [UNK] run is cut like text of its length
+            out.extend(max(len(ids), math.ceil(len(t) / MAX_CHARS_PER_TOKEN)) for ids, t in zip(enc["input_ids"], batch))
         return out
 
     def pieces(self, text: str, size: int, overlap: int) -> list[str]:
@@ -67,7 +73,8 @@ class TokenCounter:
             pieces.append(text[offsets[s][0] : offsets[e - 1][1]])
             if e == len(offsets):
                 break
-        return pieces
+        cap = size * MAX_CHARS_PER_TOKEN
+        return [p[k : k + cap] for p in pieces for k in range(0, len(p), cap)] if any(len(p) > cap for p in pieces) else pieces
 
 
 def _slices(text: str) -> list[str]:
