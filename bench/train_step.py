@@ -6,8 +6,8 @@ batch size, precision and batches:
 
 1. trainer: `ContrastiveTrainer` with the prepared-input cache warm (the cache is filled first and
    not timed), pairs per second over its steps;
-2. model alone: one micro-batch prepared once, then forward, backward and the optimizer step
-   repeated on those tensors: the floor a trainer step is measured against;
+2. model alone: the trainer's own micro-batches prepared beforehand, then forward, backward and
+   the optimizer step on each: the floor a trainer step is measured against;
 3. old trainer: the same `ContrastiveTrainer` run at commit --baseline (default 65577c2, before the
    cache: it decodes every item at every step), from a copy of that commit's tree.
 
@@ -141,23 +141,25 @@ def _measure(args) -> dict:
 
 
 def _model_alone(trainer, steps: int) -> float:
-    """Seconds per step of forward, backward, clipping and AdamW on one prepared micro-batch."""
+    """Seconds per step of forward, backward, clipping and AdamW on micro-batches prepared beforehand:
+    the trainer's own batches 1..steps (after one untimed warm-up step on batch 0), so the floor sees
+    the same clip lengths and modality mix as the trainer, not one batch repeated."""
     import torch
 
-    prepared = trainer._prepare_micro_batch(0)
+    batches = [trainer._prepare_micro_batch(n) for n in range(steps + 1)]
     trainer.model.train()
 
-    def step() -> None:
+    def step(prepared) -> None:
         trainer.optimizer.zero_grad(set_to_none=True)
         loss, _, _ = trainer._micro_step(prepared)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(trainer.trained.values()), 1.0)
         trainer.optimizer.step()
 
-    step()
+    step(batches[0])
     started = time.perf_counter()
-    for _ in range(steps):
-        step()
+    for prepared in batches[1:]:
+        step(prepared)
     return (time.perf_counter() - started) / steps
 
 
