@@ -43,13 +43,18 @@ def walk(roots: Iterable[Path], rules: WalkRules | None = None) -> Walk:
     result = Walk()
     seen: set[Path] = set()
     for root in roots:
-        root = Path(root).resolve()
-        if root.is_file():
-            _add(result, seen, root, rules.max_file_bytes)
-        else:
-            _walk_folder(result, seen, select, root, root, select.ignore_specs(root, []))
+        _walk_root(result, seen, select, Path(root))
     result.files.sort()
     return result
+
+
+def _walk_root(result: Walk, seen: set[Path], select: Selector, root: Path) -> None:
+    """One named root, resolved: a file is taken as it is, a folder is walked."""
+    root = root.resolve()
+    if root.is_file():
+        _add(result, seen, root, select.rules.max_file_bytes)
+    else:
+        _walk_folder(result, seen, select, root, root, select.ignore_specs(root, []))
 
 
 def walk_paths(paths: Iterable[str | Path], roots: Iterable[Path], rules: WalkRules | None = None) -> Walk:
@@ -71,11 +76,7 @@ def walk_paths(paths: Iterable[str | Path], roots: Iterable[Path], rules: WalkRu
         if root is None or not os.path.lexists(path):
             continue
         if path == root:
-            walk_root = walk([root], rules)
-            result.skipped.update(walk_root.skipped)
-            result.too_large += walk_root.too_large
-            result.files += [f for f in walk_root.files if f not in seen]
-            seen.update(walk_root.files)
+            _walk_root(result, seen, select, root)
             continue
         specs = select.ignore_specs(root, [])
         cause = None
