@@ -69,7 +69,8 @@ class OmniModel(nn.Module):
         self.runtime = Runtime(self)
         self._fingerprint: str | None = None
         self._prefix_ids, self._suffix_ids = special_token_frame(tokenizer)
-        self._instruction_cache: dict[str, list[int]] = {}
+        # instruction ids by modality and role; the chat template's (before, after) ids and texts
+        self._instruction_cache: dict[str, Any] = {}
         self.precision = "fp32"
         self.prepared_cache: PreparedCache | None = None
         #: the checkpoint directory this model was loaded from or last saved to; None for an unsaved model.
@@ -494,8 +495,12 @@ class OmniModel(nn.Module):
         return self._instruction_cache[key]
 
     def _chat_text(self, role: Role | None) -> tuple[str, str]:
-        """The template's text before and after a text item's own text."""
-        return chat.frame_text(self.tokenizer, getattr(self.plugins["text"].instructions, role) if role else "")
+        """The template's text before and after a text item's own text (rendered once per role, like `_chat_ids`)."""
+        key = f"chat-text:{role}"
+        if key not in self._instruction_cache:
+            instruction = getattr(self.plugins["text"].instructions, role) if role else ""
+            self._instruction_cache[key] = chat.frame_text(self.tokenizer, instruction)
+        return self._instruction_cache[key]
 
     def _constant_tokens(self, ids: list[int], batch: int) -> TokenEmbeddings:
         id_tensor = torch.tensor(ids, device=self.device).unsqueeze(0).expand(batch, -1)
