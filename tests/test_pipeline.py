@@ -100,6 +100,8 @@ def test_pipeline_runs_every_stage_resumes_after_a_kill_and_skips_finished_stage
     assert any((out / "cache").glob("image-*/*.safetensors"))
     joint = json.loads((out / "joint" / "omnisdk.json").read_text())["lineage"]
     assert joint["settings"]["steps"] == 8
+    # the joint baseline takes each modality's batches in the proportion its specialist trained
+    assert joint["settings"]["quotas"] == {"image": 6.0, "video": 4.0, "document": 4.0, "audio": 30.0}
     drift = summary["drift"]["plugins"]
     assert {p["plugin"] for p in drift} == {"image", "video", "document", "audio"}
     assert [p["recovery_available"] for p in drift if p["plugin"] == "audio"] == [True]

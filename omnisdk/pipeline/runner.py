@@ -9,7 +9,8 @@
     OUT/drift.json|md          the Projector Drift check on the dev split
     OUT/recovered/<plugin>/    Projector Recovery, one plugin after the other (the last is "recovered")
     OUT/rehearsed/             short balanced multi-modal rehearsal
-    OUT/joint/                 the multi-task baseline: aligned base trained on everything, same total steps
+    OUT/joint/                 the multi-task baseline: aligned base trained on everything, with each
+                               modality's specialist steps
     OUT/cache/                 prepared inputs (decoded once, read by every stage and evaluation)
     OUT/evals/<stage>.json     test-split evaluation of each stage
     OUT/report.json|md|png     the stage table
@@ -234,20 +235,23 @@ class Pipeline:
         directory = self.out / "joint"
         if not self._done(directory, "joint"):
             settings = {**self.config.train, **self.config.joint}
-            if "steps" not in self.config.joint and self.config.joint_matches_specialist_steps:
-                settings["steps"] = self._specialist_steps_total()
+            if self.config.joint_matches_specialist_steps:
+                steps = self._specialist_steps()
+                settings.setdefault("steps", sum(steps.values()))
+                if "quotas" not in self.config.joint:
+                    # each modality gets the share of batches its specialist had: the same pairs per
+                    # modality, so the comparison is fair and the joint costs what the specialists cost
+                    settings["quotas"] = {plugin: float(n) for plugin, n in steps.items() if n > 0}
             train_joint(base, dataset, directory, settings, show_progress=self.show_progress,
                         cache=self.cache, device=self.device)
         return directory
 
-    def _specialist_steps_total(self) -> int:
+    def _specialist_steps(self) -> dict[str, int]:
+        """Each specialist's training steps, by plugin (its preset setting, else the plugin's default)."""
         from omnisdk.plugin_manager import get_modality
 
-        total = 0
-        for plugin in self.config.specialists:
-            settings = self.config.specialist_settings(plugin)
-            total += int(settings.get("steps", get_modality(plugin).training.steps))
-        return total
+        return {plugin: int(self.config.specialist_settings(plugin).get("steps", get_modality(plugin).training.steps))
+                for plugin in self.config.specialists}
 
     def _evaluate(self, name: str, directory: Path, dataset: Dataset) -> EvalReport:
         from omnisdk.eval.runner import evaluate
