@@ -77,6 +77,9 @@ class AudioConfig(PluginConfig):
     #: checkpoints made before it loadable. On the small preset's dev split (scripts/align_study.py, 120 steps
     #: of 64 audio pairs, lr 3e-3) it lifted t2a hit@1 0.17 -> 0.33 and a2t 0.13 -> 0.21 (loss 2.89 -> 1.37).
     input_norm: bool = False
+    #: built-in encoder's front end: "conv1d" (each mel bin its own weights) or "pitch_timbre" (shared
+    #: 2-D filters max-pooled over frequency, plus coarse band energies; see PitchTimbreFront).
+    front_end: Literal["conv1d", "pitch_timbre"] = "conv1d"
     #: seconds of audio per embedding; an "hf" encoder with a fixed input length (Whisper) caps it.
     window_seconds: float = Field(10.0, gt=0)
     #: longer files and waveforms are refused outright (a guard, like the image plugin's max_pixels).
@@ -150,7 +153,8 @@ class AudioPlugin(ModalityPlugin):
             encoder = self._build_hf_encoder()
         else:
             encoder = BuiltinAudioEncoder(cfg.sample_rate, cfg.n_mels, cfg.encoder_dim, cfg.encoder_layers,
-                                          cfg.encoder_heads, normalize=cfg.input_norm)
+                                          cfg.encoder_heads, normalize=cfg.input_norm,
+                                          front_end=cfg.front_end)
         return AudioAdapter(
             encoder,
             ctx.hidden_size,

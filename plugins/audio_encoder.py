@@ -89,18 +89,56 @@ def standardize(features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return centred / std[:, None, None]
 
 
+class PitchTimbreFront(nn.Module):
+    """log-mel [B, n_mels, T] -> [B, dim, T/4]: what a sound is apart from where its pitch lies.
+
+    Two 2-D convolutions slide the same filters over every frequency, and a max over frequency keeps
+    what they found wherever it lies (the timbre, the glide); pooling the log-mel into a few frequency
+    bands keeps where the energy lies (the pitch). One linear map adds the two, so a pitch-timbre
+    pair never seen in training is built from parts that were: the Conv1d front end, which reads each
+    mel bin with its own weights, learns a timbre separately at each pitch.
+    """
+
+    def __init__(self, n_mels: int, dim: int, channels: int = 64, bands: int = 8):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, channels // 2, kernel_size=3, stride=(1, 2), padding=1)
+        self.conv2 = nn.Conv2d(channels // 2, channels, kernel_size=3, stride=(2, 2), padding=1)
+        self.bands = bands
+        self.mix = nn.Linear(channels + bands, dim)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = x.unsqueeze(1)
+        for conv in (self.conv1, self.conv2):
+            h = nn.functional.gelu(conv(h))
+            lengths = conv_out_length(lengths)
+            h = h * lengths_mask(lengths, h.size(-1))[:, None, None, :].to(h.dtype)
+        timbre = h.amax(dim=2)  # [B, C, T/4]
+        # band energies, pooled over time as the convolutions stride (padding past a clip's end is 0)
+        place = nn.functional.adaptive_avg_pool2d(x.unsqueeze(1), (self.bands, x.size(-1))).squeeze(1)
+        for _ in range(2):
+            place = nn.functional.avg_pool1d(place, kernel_size=3, stride=2, padding=1)
+        place = place * lengths_mask(lengths, place.size(-1)).unsqueeze(1).to(place.dtype)
+        return self.mix(torch.cat([timbre, place], 1).transpose(1, 2)).transpose(1, 2), lengths
+
+
 class BuiltinAudioEncoder(nn.Module):
-    """log-mel -> two stride-2 Conv1d (x4 fewer frames) -> sinusoidal positions -> TransformerEncoder."""
+    """log-mel -> a front end with x4 fewer frames -> sinusoidal positions -> TransformerEncoder.
+
+    The front end is two stride-2 Conv1d over the mel bins ("conv1d"), or `PitchTimbreFront`.
+    """
 
     def __init__(self, sample_rate: int, n_mels: int, dim: int, layers: int, heads: int | None = None,
-                 *, normalize: bool = False):
+                 *, normalize: bool = False, front_end: str = "conv1d"):
         super().__init__()
         heads = heads or _default_heads(dim)
         if dim % heads:
             raise ValueError(f"audio encoder_dim={dim} is not divisible by encoder_heads={heads}")
         self.log_mel = LogMel(sample_rate, n_mels)
-        self.conv1 = nn.Conv1d(n_mels, dim, kernel_size=3, stride=2, padding=1)
-        self.conv2 = nn.Conv1d(dim, dim, kernel_size=3, stride=2, padding=1)
+        if front_end == "pitch_timbre":
+            self.front = PitchTimbreFront(n_mels, dim)
+        else:
+            self.conv1 = nn.Conv1d(n_mels, dim, kernel_size=3, stride=2, padding=1)
+            self.conv2 = nn.Conv1d(dim, dim, kernel_size=3, stride=2, padding=1)
         # normalize: each clip's log-mel is standardised over its real frames, and the convolutions'
         # output is layer-normed before the positions are added. Without it a fresh encoder's content
         # signal enters the transformer ~10x weaker than the unit-scale sinusoids, so every clip
@@ -129,11 +167,14 @@ class BuiltinAudioEncoder(nn.Module):
         x = inputs["features"]
         if self.normalize:
             x = standardize(x, lengths)
-        for conv in (self.conv1, self.conv2):
-            x = nn.functional.gelu(conv(x))
-            lengths = conv_out_length(lengths)
-            # Zero the steps past each row's end, so a clip embeds the same alone or beside a longer one.
-            x = x * lengths_mask(lengths, x.size(-1)).unsqueeze(1).to(x.dtype)
+        if hasattr(self, "front"):
+            x, lengths = self.front(x, lengths)
+        else:
+            for conv in (self.conv1, self.conv2):
+                x = nn.functional.gelu(conv(x))
+                lengths = conv_out_length(lengths)
+                # Zero the steps past each row's end, so a clip embeds the same alone or beside a longer one.
+                x = x * lengths_mask(lengths, x.size(-1)).unsqueeze(1).to(x.dtype)
         x = x.transpose(1, 2)
         if self.front_norm is not None:
             x = self.front_norm(x)

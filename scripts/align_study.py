@@ -32,6 +32,7 @@ VARIANTS = {
     "audio-builtin": {"encoder": "builtin"},
     # ... with each clip's log-mel standardised and the conv front end layer-normed before the positions
     "audio-norm": {"encoder": "builtin", "input_norm": True},
+    "audio-norm-pt": {"encoder": "builtin", "input_norm": True, "front_end": "pitch_timbre"},
     "audio-norm-1layer": {"encoder": "builtin", "input_norm": True, "encoder_layers": 1},
     "audio-norm-pool2": {"encoder": "builtin", "input_norm": True, "token_pool": 2},
     "vit6-64": {"tower": "vit_tiny_patch16_224", "tower_kwargs": {"depth": 6}, "image_size": 64, "token_grid": 4},
