@@ -81,6 +81,9 @@ class TrainConfig(BaseModel):
     #: mode, as frozen feature extractors usually do: their dropout would only add noise to what the
     #: trained parts learn from. True keeps them in train mode.
     frozen_dropout: bool = False
+    #: a modality whose whole path is frozen and in eval mode (text while the backbone is frozen, in
+    #: alignment and recovery) is embedded once per item and looked up afterwards (FrozenRows)
+    embed_frozen_once: bool = True
     #: BatchNorm layers keep their running statistics (eval-mode normalisation) while their weights
     #: train. Off by default: on the small pipeline's dev split, specialists trained with it fused
     #: worse (image nDCG@10 0.224 vs 0.487), as their weights then adapt to one modality instead.

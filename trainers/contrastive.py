@@ -29,7 +29,7 @@ from omnisdk.trainers.config import TrainConfig
 from omnisdk.precision import default_precision
 from omnisdk.trainers.data import BatchSchedule, CrossModalNegatives, PairPool
 from omnisdk.trainers.distributed import World, average_gradients, average_scalar, barrier, gather_rows, gradient_scale
-from omnisdk.trainers.embedding import PreparedItems, embed_prepared, prepare_items
+from omnisdk.trainers.embedding import FrozenRows, PreparedItems, embed_prepared, prepare_items
 from omnisdk.trainers.losses import contrastive_loss
 from omnisdk.trainers.prefetch import Prefetcher
 from omnisdk.trainers.lora import attach_lora, merge_lora
@@ -73,6 +73,7 @@ class ContrastiveTrainer:
         if config.learn_temperature:
             trained["_log_temperature"] = self.log_temperature
         self.trained = trained
+        self.frozen_rows: FrozenRows | None = None  # set by train() when some modality's path is frozen
         self.optimizer = torch.optim.AdamW(self._param_groups(trained), lr=config.learning_rate,
                                            weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(config))
@@ -127,6 +128,10 @@ class ContrastiveTrainer:
         losses: list[tuple[int, float]] = list(self._resumed_losses)
         skipped = 0
         self._train_mode()
+        if cfg.embed_frozen_once:
+            self.frozen_rows = FrozenRows.for_trainer(self.model, [n for n in self.trained if n != "_log_temperature"])
+        if self.frozen_rows is not None:
+            log.info("embedded once (path frozen): %s", sorted(self.frozen_rows.modalities))
         started = time.perf_counter()
         pairs = 0
         bar = tqdm(total=cfg.steps, initial=start_step, desc="train", unit="step", file=sys.stderr,
@@ -220,9 +225,10 @@ class ContrastiveTrainer:
         """Loss of one micro-batch; pairs whose query or positive cannot be read are left out."""
         batch, q_items, p_items, n_items, counts = prepared
         with self._autocast():
-            queries, q_ok, q_err = embed_prepared(self.model, q_items, "query")
-            positives, p_ok, p_err = embed_prepared(self.model, p_items, "document")
-            negatives, n_ok, n_err = embed_prepared(self.model, n_items, "document") if n_items else (None, None, {})
+            memo = self.frozen_rows
+            queries, q_ok, q_err = embed_prepared(self.model, q_items, "query", memo)
+            positives, p_ok, p_err = embed_prepared(self.model, p_items, "document", memo)
+            negatives, n_ok, n_err = embed_prepared(self.model, n_items, "document", memo) if n_items else (None, None, {})
         for errors in (q_err, p_err, n_err):
             for cause in errors.values():
                 log.warning("training item skipped: %s", cause)
