@@ -50,7 +50,7 @@ def main() -> None:
     from omnisdk.trainers.stages import align
 
     config = PipelineConfig.model_validate(json.loads((args.run / "config.json").read_text()))
-    dataset = load_dataset(config.data.path)
+    dataset = load_dataset(config.data.path or args.run / "data")  # generated runs keep it in RUN/data
     cache = args.run / "cache"
     work = args.work or args.run.parent / "align-study"
     results = json.loads(args.out.read_text()) if args.out and args.out.is_file() else {}
