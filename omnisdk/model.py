@@ -6,7 +6,6 @@ import logging
 import sys
 import threading
 import warnings
-from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping, Sequence, overload
 
@@ -32,7 +31,6 @@ from omnisdk.modality import (
 )
 from omnisdk.plugin_manager import get_modality, get_plugin_manager, modality_classes
 from omnisdk.precision import Precision, check_precision
-from omnisdk.special_files import PipeSpool, SpecialFileError
 from omnisdk.timing import PhaseTimer
 
 if TYPE_CHECKING:
@@ -511,12 +509,12 @@ class OmniModel(nn.Module):
     @overload
     def encode(self, items: Iterable[Any], *, batch_size: int = ..., aspects: bool = ..., role: Role | None = ...,
                show_progress: bool | None = ..., errors: ErrorPolicy = ..., return_errors: Literal[False] = ...,
-               timer: PhaseTimer | None = ...) -> np.ndarray: ...
+               timer: PhaseTimer | None = ..., decode_workers: int | None = ...) -> np.ndarray: ...
 
     @overload
     def encode(self, items: Iterable[Any], *, batch_size: int = ..., aspects: bool = ..., role: Role | None = ...,
                show_progress: bool | None = ..., errors: ErrorPolicy = ..., return_errors: Literal[True],
-               timer: PhaseTimer | None = ...) -> tuple[np.ndarray, list[ItemError]]: ...
+               timer: PhaseTimer | None = ..., decode_workers: int | None = ...) -> tuple[np.ndarray, list[ItemError]]: ...
 
     def encode(
         self,
@@ -529,6 +527,7 @@ class OmniModel(nn.Module):
         errors: ErrorPolicy = "warn",
         return_errors: bool = False,
         timer: PhaseTimer | None = None,
+        decode_workers: int | None = None,
     ) -> np.ndarray | tuple[np.ndarray, list[ItemError]]:
         """Embed items of any mix of modalities; one float32 unit vector per item, in input order.
 
@@ -538,65 +537,22 @@ class OmniModel(nn.Module):
         `return_errors=True` also returns the list of ItemError. A `timer` gets the seconds spent
         preprocessing ("decode": reading and decoding files, tokenizing) and in the model ("encode").
         `aspects=True` (AGFF models) returns the K aspect vectors of each item, (N, K, D), instead.
+        `decode_workers` threads prepare later batches while the model embeds (None: up to 4, or
+        $OMNISDK_DECODE_WORKERS; 0: one after the other); the result is the same either way.
         """
+        from omnisdk.encode_stream import encode_windows
+
         items = [as_item(x) for x in items]
-        timer = timer if timer is not None else PhaseTimer()
         if aspects and self.spec.aspects is None:
             raise OmniError("encode(aspects=True) needs an AGFF model (`omnisdk init --aspects K`); this one makes single vectors")
-        shape = (len(items), self.aspect_count, self.dim) if aspects else (len(items), self.dim)
-        out = np.full(shape, np.nan, dtype=np.float32)
-        failures: list[ItemError] = []
-        groups: dict[str, list[int]] = defaultdict(list)
-        classes = modality_classes()
-        spool = PipeSpool()  # a pipe named as a file is read once into it; other special files are refused
-        for i, item in enumerate(items):
-            try:
-                item = spool.resolve(item)
-                modality = self.detect(item, classes)
-            except (ModalityDetectionError, SpecialFileError) as exc:
-                failures.append(ItemError(i, item, str(exc)))
-                continue
-            if modality not in self.plugins:
-                failures.append(ItemError(i, item, f"modality '{modality}' is not part of this model (it has: {', '.join(self.plugins)})"))
-                continue
-            items[i] = item.with_modality(modality)
-            groups[modality].append(i)
+        if len(items) <= batch_size:  # one batch: nothing to overlap, no pool to start
+            decode_workers = 0
         progress = _progress(len(items), show_progress)
-        with torch.inference_mode():
-            for modality, indices in groups.items():
-                # Longest first: similar lengths share a batch, so there is little padding to compute.
-                hints = self.plugins[modality].length_hints([items[i] for i in indices], self.runtime)
-                indices = [i for _, i in sorted(zip(hints, indices), key=lambda pair: -pair[0])]
-                for start in range(0, len(indices), batch_size):
-                    chunk = indices[start : start + batch_size]
-                    self._encode_chunk(modality, [items[i] for i in chunk], chunk, role, out, failures, timer, aspects)
-                    progress.update(len(chunk))
+        [(out, failures)] = list(encode_windows(self, [items], batch_size=batch_size, aspects=aspects, role=role,
+                                                timer=timer, decode_workers=decode_workers, on_batch=progress.update))
         progress.close()
-        spool.close()
-        failures.sort(key=lambda e: e.index)
         self._report(failures, errors, out)
         return (out, failures) if return_errors else out
-
-    def _encode_chunk(self, modality, chunk_items, positions, role, out, failures, timer: PhaseTimer,
-                      aspects: bool = False) -> None:
-        try:
-            with timer.phase("decode"):
-                prepared = self.prepare(modality, chunk_items, role)
-        except Exception as exc:  # a plugin bug must still cost only this chunk
-            failures.extend(ItemError(p, it, f"preprocessing failed: {exc}") for p, it in zip(positions, chunk_items))
-            return
-        for local, cause in prepared.errors.items():
-            failures.append(ItemError(positions[local], chunk_items[local], cause))
-        if prepared.ok:
-            with timer.phase("encode"), self.inference_precision():
-                forward = self.forward_aspects if aspects else self.forward_batch
-                vectors = forward(modality, prepared.batch, role).cpu().numpy()
-            finite = np.isfinite(vectors.reshape(len(vectors), -1)).all(axis=1)
-            for j, row_ok in zip(prepared.ok, finite):  # extreme input (1e30 samples) can overflow to NaN
-                if not row_ok:
-                    failures.append(ItemError(positions[j], chunk_items[j], "the model gave a non-finite vector (NaN or "
-                                              "Inf): the input's values are out of range"))
-            out[[positions[j] for j, row_ok in zip(prepared.ok, finite) if row_ok]] = vectors[finite]
 
     @staticmethod
     def _report(failures: list[ItemError], policy: ErrorPolicy, out: np.ndarray) -> None:

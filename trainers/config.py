@@ -65,6 +65,11 @@ class TrainConfig(BaseModel):
     #: with several ranks, every rank's loss sees the whole global batch: the other ranks' positives
     #: and hard negatives are negatives too (embeddings all-gathered; gradients reach each rank's own rows).
     cross_rank_negatives: bool = True
+    #: gradient caching (trainers/grad_cache.py): embed a micro-batch in chunks of this many items
+    #: per role without a graph, backpropagate the loss to the embeddings, then re-run each chunk
+    #: with a graph. Same gradients as the whole batch at one chunk's activation memory, for a
+    #: second forward pass. None: one graph for the whole micro-batch.
+    grad_cache_chunk: int | None = Field(None, ge=1)
     #: "bf16" runs forward passes under autocast (CPU and CUDA); master weights stay float32.
     #: None: bf16 on CUDA, fp32 on CPU.
     precision: Literal["fp32", "bf16"] | None = None

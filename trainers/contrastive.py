@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import functools
 import hashlib
 import json
 import logging
@@ -30,6 +31,7 @@ from omnisdk.precision import default_precision
 from omnisdk.trainers.data import BatchSchedule, CrossModalNegatives, PairPool
 from omnisdk.trainers.distributed import World, average_gradients, average_scalar, barrier, gather_rows, gradient_scale
 from omnisdk.trainers.embedding import FrozenRows, PreparedItems, embed_prepared, prepare_items
+from omnisdk.trainers.grad_cache import GradCache, prepare_chunks
 from omnisdk.trainers.losses import contrastive_loss
 from omnisdk.trainers.prefetch import Prefetcher
 from omnisdk.trainers.lora import attach_lora, merge_lora
@@ -144,9 +146,9 @@ class ContrastiveTrainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 step_loss = 0.0
                 for micro in range(cfg.grad_accumulation):
-                    loss, used, dropped = self._micro_step(prefetch.get(step * cfg.grad_accumulation + micro))
-                    (loss * gradient_scale(self.world, self._gathers) / cfg.grad_accumulation).backward()
-                    step_loss += float(loss.detach()) / cfg.grad_accumulation
+                    scale = gradient_scale(self.world, self._gathers) / cfg.grad_accumulation
+                    loss, used, dropped = self._micro_backward(prefetch.get(step * cfg.grad_accumulation + micro), scale)
+                    step_loss += loss / cfg.grad_accumulation
                     pairs += used
                     skipped += dropped
                 average_gradients(self.trained.values(), self.world)
@@ -196,10 +198,13 @@ class ContrastiveTrainer:
         if self.cross_modal is not None:
             per_pair = [own + extra for own, extra in zip(per_pair, self.cross_modal.draw(batch, number, self.world.rank))]
         negatives = [item for items in per_pair for item in items]
+        chunk = self.config.grad_cache_chunk
+        prepare = (lambda items, role: prepare_chunks(self.model, items, role, chunk)) if chunk else \
+            (lambda items, role: prepare_items(self.model, items, role))
         return (batch,
-                prepare_items(self.model, [ex.query for ex in batch], "query"),
-                prepare_items(self.model, [ex.positive for ex in batch], "document"),
-                prepare_items(self.model, negatives, "document") if negatives else None,
+                prepare([ex.query for ex in batch], "query"),
+                prepare([ex.positive for ex in batch], "document"),
+                prepare(negatives, "document") if negatives else None,
                 [len(items) for items in per_pair])
 
     def _warm_cache(self) -> None:
@@ -221,14 +226,38 @@ class ContrastiveTrainer:
         counts = warm_cache(self.model, items, show_progress=show)
         log.info("prepared-input cache: %s", counts)
 
+    def _micro_backward(self, prepared, scale: float) -> tuple[float, int, int]:
+        """Backpropagate one micro-batch's loss times `scale` into the parameters' `.grad`: in one
+        graph, or with `grad_cache_chunk` through gradient caching (trainers/grad_cache.py).
+        Returns (loss, pairs used, items skipped)."""
+        if not self.config.grad_cache_chunk:
+            loss, used, dropped = self._micro_step(prepared)
+            (loss * scale).backward()
+            return float(loss.detach()), used, dropped
+        batch, q_chunks, p_chunks, n_chunks, counts = prepared
+        cache = GradCache(self.model, self.model.device, self._autocast)
+        query = functools.partial(embed_prepared, self.model, role="query", memo=self.frozen_rows)
+        document = functools.partial(embed_prepared, self.model, role="document", memo=self.frozen_rows)
+        embedded = (cache.embed(q_chunks, query), cache.embed(p_chunks, document),
+                    cache.embed(n_chunks, document) if n_chunks else (None, None, {}))
+        loss, used, dropped = self._loss(batch, counts, *embedded)
+        (loss * scale).backward()  # into the cached embeddings (and the temperature, AGFF aggregation)
+        cache.backward()
+        return float(loss.detach()), used, dropped
+
     def _micro_step(self, prepared) -> tuple[torch.Tensor, int, int]:
         """Loss of one micro-batch; pairs whose query or positive cannot be read are left out."""
         batch, q_items, p_items, n_items, counts = prepared
         with self._autocast():
             memo = self.frozen_rows
-            queries, q_ok, q_err = embed_prepared(self.model, q_items, "query", memo)
-            positives, p_ok, p_err = embed_prepared(self.model, p_items, "document", memo)
-            negatives, n_ok, n_err = embed_prepared(self.model, n_items, "document", memo) if n_items else (None, None, {})
+            embedded = (embed_prepared(self.model, q_items, "query", memo),
+                        embed_prepared(self.model, p_items, "document", memo),
+                        embed_prepared(self.model, n_items, "document", memo) if n_items else (None, None, {}))
+        return self._loss(batch, counts, *embedded)
+
+    def _loss(self, batch, counts: list[int], q_embedded, p_embedded, n_embedded) -> tuple[torch.Tensor, int, int]:
+        """The contrastive loss of embedded queries, positives and negatives, each (rows, ok, errors)."""
+        (queries, q_ok, q_err), (positives, p_ok, p_err), (negatives, n_ok, n_err) = q_embedded, p_embedded, n_embedded
         for errors in (q_err, p_err, n_err):
             for cause in errors.values():
                 log.warning("training item skipped: %s", cause)

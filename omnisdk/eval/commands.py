@@ -29,6 +29,8 @@ def register_eval_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", help="qrels split to score (default: test)")
     p.add_argument("--tasks", help="comma-separated tasks (default: every task with judged queries in the split)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--decode-workers", type=int, metavar="N", help="threads decoding the next batches while the "
+                   "model embeds (default: up to 4, or $OMNISDK_DECODE_WORKERS; 0: decode and embed in turn)")
     p.add_argument("--label", help="name of the model in the report (default: the checkpoint directory's name)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
     p.add_argument("--calibrate", choices=("zscore", "center"),
@@ -64,7 +66,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     tasks = select_tasks(dataset, args.split, args.tasks)  # fail on a bad task before loading a model
     encoder, label = _encoder(args, dataset)
     report = evaluate(encoder, dataset, split=args.split, tasks=tasks, batch_size=args.batch_size,
-                      show_progress=not args.no_progress, label=label, calibrate=args.calibrate)
+                      show_progress=not args.no_progress, label=label, calibrate=args.calibrate,
+                      decode_workers=args.decode_workers)
     text = report.to_json(args.out) if args.out else report.to_json()
     markdown = report.to_markdown()
     print(text if args.json else markdown, end="" if args.json else "\n")
@@ -86,6 +89,8 @@ def _encoder(args: argparse.Namespace, dataset):
 
         if args.precision not in (None, "fp32"):
             raise OmniError(f"--precision {args.precision} applies to a --model; the {args.baseline} baseline has no model to run")
+        if args.decode_workers is not None:
+            raise OmniError(f"--decode-workers applies to a --model; the {args.baseline} baseline decodes nothing")
 
         return make_baseline(args.baseline, dataset, split=args.split, seed=args.seed), args.label or args.baseline
     from omnisdk.model import OmniModel

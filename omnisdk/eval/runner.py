@@ -54,6 +54,7 @@ def evaluate(
     label: str | None = None,
     device: str | torch.device | None = None,
     calibrate: str | None = None,
+    decode_workers: int | None = None,
 ) -> EvalReport:
     """Score `encoder` on every task (or `tasks`) of `dataset` on `split`; see the module docstring.
 
@@ -64,6 +65,8 @@ def evaluate(
 
     `chunk_size` and `query_chunk` bound the score blocks of the exact search (memory, not results).
     `label` names the model in the report (default: the encoder's `name`, else its class name).
+    `decode_workers` goes to `encoder.encode` when set (OmniModel: threads decoding the next batches
+    while the model embeds; 0 decodes and embeds in turn); unset, the encoder's default.
     """
     started = time.perf_counter()
     if calibrate is not None:
@@ -72,7 +75,7 @@ def evaluate(
         if calibrate not in METHODS:
             raise OmniError(f"unknown calibration '{calibrate}'; choose one of: {', '.join(METHODS)}")
     names = select_tasks(dataset, split, tasks)
-    cache = _VectorCache(encoder, dataset, batch_size)
+    cache = _VectorCache(encoder, dataset, batch_size, decode_workers)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     results = []
     with _progress(len(names), show_progress) as bar:
@@ -187,8 +190,10 @@ def _calibrated(query_vectors, corpus, corpus_ok, pool_modalities, qrels, method
 class _VectorCache:
     """Encodes each (record, role) once across tasks and remembers what failed and why."""
 
-    def __init__(self, encoder: Encoder, dataset: Dataset, batch_size: int):
+    def __init__(self, encoder: Encoder, dataset: Dataset, batch_size: int, decode_workers: int | None = None):
         self.encoder = encoder
+        # Only an encoder that takes it (OmniModel) is given it: baselines keep the plain signature.
+        self.extra = {"decode_workers": decode_workers} if decode_workers is not None else {}
         self.dataset = dataset
         self.batch_size = batch_size
         self.rows: dict[tuple[str, str], np.ndarray] = {}
@@ -212,7 +217,7 @@ class _VectorCache:
         items = [self.dataset.item(r) for r in records]
         aspects = {"aspects": True} if self.scorer is not None else {}
         out = self.encoder.encode(items, batch_size=self.batch_size, role=role, show_progress=show_progress,
-                                  errors="ignore", return_errors=True, **aspects)
+                                  errors="ignore", return_errors=True, **aspects, **self.extra)
         vectors, errors = out if isinstance(out, tuple) else (out, [])
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim == 3:  # AGFF: (N, K, D) -> (N, K * D)

@@ -44,6 +44,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--poll", type=float, metavar="SECONDS", help="with --watch: look for changes every SECONDS "
                    "instead of using native file-system events (network and container mounts)")
     p.add_argument("--batch-size", type=int, default=32, help="chunks embedded per batch (default 32)")
+    p.add_argument("--decode-workers", type=int, metavar="N", help="threads decoding the next batches while the "
+                   "model embeds (default: up to 4, or $OMNISDK_DECODE_WORKERS; 0: decode and embed in turn)")
     p.add_argument("--error-log", type=Path, help="JSONL of this run's failures (default: in the store, or .omnisdk/)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -95,6 +97,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         model = OmniModel.load(model_dir, **compute_from(args))
         indexer = Indexer(
             store, args.collection, model, model_dir=model_dir, batch_size=args.batch_size, error_log=args.error_log,
+            decode_workers=args.decode_workers,
             progress=False if args.no_progress or args.json else None,
         )
         if args.watch:

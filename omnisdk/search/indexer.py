@@ -171,6 +171,8 @@ class Indexer:
     `model.directory`, where a Searcher loads the model from), and refuses a collection indexed with
     another model (FingerprintMismatchError).
     `progress`: None (a bar on a terminal), a bool, or a callable(done_chunks, total_chunks).
+    `decode_workers`: threads that decode the next batches while the model embeds (None: up to 4, or
+    $OMNISDK_DECODE_WORKERS; 0: decode and embed in turn); the points are the same either way.
     `on_event(name, info)` is called after each store write ("upsert", "delete", "prune") and
     after each file ("file"): for progress displays and for tests that stop a run at a given write.
     """
@@ -184,6 +186,7 @@ class Indexer:
         model_dir: str | Path | None = None,
         batch_size: int = 32,
         upsert_batch_size: int = 256,
+        decode_workers: int | None = None,
         error_log: str | Path | None = None,
         progress: bool | Progress | None = None,
         on_event: Event | None = None,
@@ -201,6 +204,7 @@ class Indexer:
         self.collection = collection
         self.batch_size = batch_size
         self.upsert_batch_size = upsert_batch_size
+        self.decode_workers = decode_workers
         self.progress = progress
         self.on_event = on_event
         self.meta = ensure_collection(store, collection, dim=model.dim, fingerprint=model.fingerprint, model_path=model_dir,
@@ -340,31 +344,30 @@ class Indexer:
         return _Job(path, modality, st.st_size, st.st_mtime, sha, chunks, old_ids)
 
     def _embed(self, jobs: list[_Job]) -> None:
+        """Embed every job's chunks in windows of `batch_size`, decoding later windows while the model
+        embeds earlier ones (omnisdk/encode_stream.py); a file is written when its last chunk is in."""
+        from omnisdk.encode_stream import encode_windows
+
         jobs.sort(key=lambda j: (j.modality, str(j.path)))  # one modality per batch where possible
         work = [(job, i) for job in jobs for i in range(len(job.chunks))]
+        windows = [work[start : start + self.batch_size] for start in range(0, len(work), self.batch_size)]
         shape = (self._aspects, self.model.dim) if self._aspects else (self.model.dim,)
-        for job in jobs:
-            job.vectors = np.full((len(job.chunks), *shape), np.nan, dtype=np.float32)
         progress = _progress_bar(len(work), self.progress)
-        for start in range(0, len(work), self.batch_size):
-            window = work[start : start + self.batch_size]
-            items = [job.chunks[i] for job, i in window]
-            try:
-                vectors, failures = self.model.encode(
-                    items, batch_size=self.batch_size, role="document", errors="ignore", return_errors=True,
-                    show_progress=False, timer=self._timer, **({"aspects": True} if self._aspects else {}),
-                )
-                causes = {f.index: f.cause for f in failures}
-            except Exception as exc:  # a plugin bug on this batch: its files fail, the run goes on
-                vectors = np.full((len(items), *shape), np.nan, dtype=np.float32)
-                causes = {k: f"{type(exc).__name__}: {exc}" for k in range(len(items))}
+        stream = encode_windows(self.model, ([job.chunks[i] for job, i in window] for window in windows),
+                                batch_size=self.batch_size, aspects=bool(self._aspects), role="document", timer=self._timer,
+                                decode_workers=self.decode_workers, contain_errors=True)
+        for window, (vectors, failures) in zip(windows, stream):
+            causes = {f.index: f.cause for f in failures}
             for k, (job, i) in enumerate(window):
+                if job.vectors is None:  # allocated at a file's first chunk, freed once written: memory follows the window
+                    job.vectors = np.full((len(job.chunks), *shape), np.nan, dtype=np.float32)
                 job.vectors[i] = vectors[k]
                 if k in causes or not np.isfinite(vectors[k]).all():
                     job.causes[i] = causes.get(k, "the model returned no vector")
                 job.done += 1
                 if job.done == len(job.chunks):
                     self._write(job)
+                    job.vectors = None
             progress(len(window))
         progress(None)
 
