@@ -1,6 +1,7 @@
 """Loads plugins from the `omnisdk` entry-point group (built-in ones too) and answers registry queries."""
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from dataclasses import dataclass
@@ -20,6 +21,19 @@ GROUP = "omnisdk"
 PLUGINS_ENV = "OMNISDK_PLUGINS"
 #: Where a built-in modality comes from, for error messages when its plugin is absent.
 BUILTIN_EXTRAS = {"text": None, "image": "image", "video": "video", "document": "document", "audio": "audio"}
+#: Modules whose `omnisdk_register_commands` adds the built-in commands, in `omnisdk --help` order. They
+#: register through the same hook as a third-party package's commands.
+BUILTIN_COMMANDS = (
+    "omnisdk.commands",
+    "omnisdk.fusion.commands",
+    "omnisdk.datasets.commands",
+    "omnisdk.trainers.commands",
+    "omnisdk.demo",
+    "omnisdk.pipeline.commands",
+    "omnisdk.eval.commands",
+    "omnisdk.search.commands",
+    "omnisdk.apps.commands",
+)
 
 _pm: pluggy.PluginManager | None = None
 _load_failures: dict[str, str] = {}
@@ -47,6 +61,9 @@ def _build() -> pluggy.PluginManager:
 
     pm.register(detect, name="omnisdk.detect")
     pm.register(merge_registry, name="omnisdk.merge_registry")
+    # Their hookimpls are tryfirst, and pluggy calls the last registered first: reversed, they run in order.
+    for module in reversed(BUILTIN_COMMANDS):
+        pm.register(importlib.import_module(module), name=module)
     wanted = _wanted_names()
     for ep in entry_points(group=GROUP):
         if wanted is not None and ep.name not in wanted:

@@ -240,7 +240,7 @@ def test_encode_orders_batches_by_length_hints(model):
 
 @probes("chunk", "describe_locator")
 def test_chunking_and_locator_words_reach_search_and_the_cli(model, tmp_path):
-    from omnisdk.cli import expand_chunks
+    from omnisdk.commands import expand_chunks
 
     path = tmp_path / "a.dat"
     path.write_text("x")
