@@ -307,6 +307,26 @@ class ModalityPlugin(ABC):
     def describe_locator(self, locator: Locator | None) -> str:
         return str(locator) if locator else ""
 
+    def preview(self, item: Item, side: int) -> Any | None:
+        """A picture of `item` for the search app's result card; default None: this modality has none.
+
+        The app (`omnisdk app`) shows it on the card of every hit of this modality that has no player of
+        its own, so a third-party modality gets a preview card. It runs in the app's preview child
+        process (a decoder may crash or hang on a hostile file): no torch here.
+
+        Args:
+            item: the hit's file (`item.path`) with its `locator` (the page or time span the hit covers).
+            side: the longest side the card needs, in pixels; a larger picture is shrunk to it.
+
+        Returns:
+            A PIL image, or a uint8 numpy array [height, width, 3] (RGB) or [height, width] (grey); None
+            when there is nothing to show.
+
+        Raises:
+            Exception: any, for a file that cannot be read; the card then shows no picture.
+        """
+        return None
+
     # -- rows, for the prepared-input cache ------------------------------------------------------
     def split_rows(self, batch: Any, count: int) -> list[dict[str, Any]]:
         """Cut a `preprocess` batch into one row per item; override to drop per-batch padding."""
