@@ -92,6 +92,12 @@ class Probe2(Probe):
     def describe_locator(self, locator: omnisdk.Locator | None) -> str:
         return "probe window"
 
+    def preview(self, item: omnisdk.Item, side: int) -> np.ndarray:
+        # A grey level from the file's number and the config's scale, the locator's start in the first row.
+        picture = np.full((4, 6, 3), int(float(item.path.read_text()) * self.config.scale), dtype=np.uint8)
+        picture[0, :, :] = int(item.locator.t0) if item.locator else 0
+        return picture
+
     def length_hint(self, item: omnisdk.Item) -> int:
         return int(item.data)  # the larger value first
 
@@ -255,6 +261,26 @@ def test_chunking_and_locator_words_reach_search_and_the_cli(model, tmp_path):
         store.upsert("c", [StoredPoint("00000000-0000-0000-0000-000000000001", vector, payload)])
         hit = omnisdk.Searcher(store, "c", model, calibrate=False).search_vector(vector, limit=1)[0]
     assert hit.where == "probe window"
+
+
+@probes("preview")
+def test_the_app_draws_previews_with_the_models_plugins(model, tmp_path):
+    from PIL import Image
+
+    from omnisdk.apps.previews import PreviewCache, PreviewError
+
+    path = tmp_path / "a.dat"
+    path.write_text("50")
+    cache = PreviewCache(tmp_path / "previews", plugins=model.plugins)
+    try:
+        assert cache.modalities == {"probe2"}  # text and probe keep the default: no picture
+        picture = Image.open(cache.png(path, "probe2", omnisdk.Locator(t0=7, t1=8)))
+        assert picture.size == (6, 4) and picture.getpixel((0, 0)) == (7, 7, 7)
+        assert picture.getpixel((0, 3)) == (100, 100, 100)  # 50 x the model's scale of 2, read in the child
+        with pytest.raises(PreviewError, match="'probe' plugin draws no previews"):
+            cache.png(path, "probe")
+    finally:
+        cache.close()
 
 
 @probes("frozen")
