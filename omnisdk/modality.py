@@ -10,7 +10,7 @@ import importlib.util
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
@@ -341,15 +341,25 @@ class ModalityPlugin(ABC):
         return collate_rows(rows)
 
 
-def dependencies_of(plugins: Mapping[str, ModalityPlugin], name: str) -> list[str]:
-    """`name` and every plugin it uses, transitively (video uses image's tower), `name` first."""
-    out, pending = [], [name]
+def with_dependencies(names: Iterable[str], uses_of: Callable[[str], Iterable[str]]) -> list[str]:
+    """`names`, then every modality they use, transitively (video and document use image), each once.
+
+    The one walk over plugins' `uses`: `uses_of(name)` gives a modality's `uses` (from a plugin instance,
+    or a class looked up by name), so models, presets and training stages follow the same rule.
+    """
+    out: list[str] = []
+    pending = list(names)
     while pending:
         current = pending.pop(0)
         if current not in out:
             out.append(current)
-            pending += list(plugins[current].uses)
+            pending += list(uses_of(current))
     return out
+
+
+def dependencies_of(plugins: Mapping[str, ModalityPlugin], name: str) -> list[str]:
+    """`name` and every plugin it uses, transitively (video uses image's tower), `name` first."""
+    return with_dependencies([name], lambda current: plugins[current].uses)
 
 
 def run_per_item(

@@ -29,6 +29,7 @@ from omnisdk.modality import (
     Runtime,
     TokenEmbeddings,
     parameter_owner,
+    with_dependencies,
 )
 from omnisdk.plugin_manager import get_modality, get_plugin_manager, modality_classes
 from omnisdk.precision import Precision, check_precision
@@ -622,12 +623,10 @@ def _instantiate_plugins(plugins: Mapping[str, dict[str, Any] | None] | Sequence
     if "text" not in names:
         names = {"text": None, **names}  # the backbone's own modality is always there
     instances = {name: get_modality(name)(config) for name, config in names.items()}
-    pending = list(instances.values())
-    while pending:  # add what the chosen plugins use, and what those use in turn, with default settings
-        for needed in pending.pop().uses:
-            if needed not in instances:
-                instances[needed] = get_modality(needed)()
-                pending.append(instances[needed])
+    # Add what the chosen plugins use, and what those use in turn, with default settings.
+    for needed in with_dependencies(instances, lambda name: get_modality(name).uses):
+        if needed not in instances:
+            instances[needed] = get_modality(needed)()
     return instances
 
 

@@ -17,7 +17,7 @@ from torch import nn
 
 import omnisdk
 from omnisdk.detect import omnisdk_detect_modality as detect
-from omnisdk.modality import dependencies_of
+from omnisdk.modality import dependencies_of, with_dependencies
 
 PROBED: set[str] = set()
 # Set up by every plugin instance, not class-level contract: the instance's settings and its model.
@@ -208,6 +208,13 @@ def test_detection_reads_python_types_and_calls_accepts_object():
 def test_dependencies_follow_uses():
     plugins = {"probe": Probe(), "probe2": Probe2()}
     assert dependencies_of(plugins, "probe2") == ["probe2", "probe"] and dependencies_of(plugins, "probe") == ["probe"]
+    # The one walk every caller uses: transitive, each name once, safe against a cycle.
+    uses = {"a": ("b",), "b": ("c", "a"), "c": (), "d": ("c",)}
+    assert with_dependencies(["a", "d"], uses.__getitem__) == ["a", "d", "b", "c"]
+    # A preset's base and a model's plugins add the used plugins (video uses image) the same way.
+    omnisdk.register_plugin(Hooks(), name="probes")
+    model = omnisdk.OmniModel.from_preset("tiny", modalities=["probe2"])
+    assert set(model.plugins) == {"text", "probe", "probe2"}
 
 
 @probes("training")
