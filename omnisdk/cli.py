@@ -30,14 +30,14 @@ from omnisdk.tables import markdown_table  # noqa: F401
 
 def build_parser() -> argparse.ArgumentParser:
     """The `omnisdk` parser, with every command that a plugin (built-in or installed) registers."""
-    from omnisdk.plugin_manager import get_plugin_manager
+    from omnisdk.plugin_manager import register_builtin_commands
 
     parser = argparse.ArgumentParser(prog="omnisdk", description="Omni-modal embeddings: decouple, fuse, recover.")
     parser.add_argument("--version", action="version", version=f"omnisdk {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    get_plugin_manager().hook.omnisdk_register_commands(subparsers=sub)
+    register_builtin_commands().hook.omnisdk_register_commands(subparsers=sub)
     _accept_debug_everywhere(parser)
     return parser
 

@@ -117,3 +117,21 @@ def test_plugins_env_limits_the_loaded_entry_points(monkeypatch):
     monkeypatch.delenv(PLUGINS_ENV)
     reset_plugin_manager()
     assert {"text", "image"} <= set(modality_classes())
+
+
+def test_builtin_commands_register_through_the_hook_before_third_party_ones():
+    from omnisdk.cli import build_parser
+    from omnisdk.plugin_manager import BUILTIN_COMMANDS, register_builtin_commands
+
+    class Extra:
+        @hookimpl
+        def omnisdk_register_commands(self, subparsers):
+            subparsers.add_parser("extra-command")
+
+    register_plugin(Extra(), name="extra")
+    pm = register_builtin_commands()
+    implementers = {impl.plugin_name for impl in pm.hook.omnisdk_register_commands.get_hookimpls()}
+    assert set(BUILTIN_COMMANDS) | {"extra"} == implementers
+    commands = list(next(a for a in build_parser()._actions if a.dest == "command").choices)
+    assert commands[:4] == ["plugins", "init", "embed", "info"] and commands[-1] == "extra-command"
+    assert {"fuse", "datasets", "train", "demo", "pipeline", "eval", "index", "search", "app"} <= set(commands)
