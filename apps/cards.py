@@ -1,5 +1,8 @@
 """Result cards: one HTML card per hit, with a preview chosen by modality, its score and locator.
 
+The built-in modalities have their own elements (a video or audio player, a page linking to the PDF);
+any other modality whose plugin draws previews (`ModalityPlugin.preview`) shows that picture.
+
 Everything a card shows that comes from a file (names, captions, paths) is HTML-escaped, and every
 file it links to goes through the app's guarded routes (`/omnisdk/media`, `/omnisdk/preview`).
 """
@@ -7,7 +10,7 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Collection, Literal, Sequence
 from urllib.parse import quote, urlencode
 
 from omnisdk.items import Locator
@@ -16,7 +19,7 @@ from omnisdk.apps.backend import Hit
 
 MEDIA_ROUTE = "/omnisdk/media"
 PREVIEW_ROUTE = "/omnisdk/preview"
-PreviewKind = Literal["image", "video", "document", "audio", "text", "none"]
+PreviewKind = Literal["image", "video", "document", "audio", "text", "picture", "none"]
 _BY_SUFFIX: dict[str, PreviewKind] = {
     **dict.fromkeys((".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff"), "image"),
     **dict.fromkeys((".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi"), "video"),
@@ -61,12 +64,15 @@ def locator_text(locator: Locator | None, has_file: bool = True) -> str:
     return "whole file"
 
 
-def preview_kind(hit: Hit) -> PreviewKind:
-    """How a hit is previewed: by its modality, else by its file's suffix, else text or nothing."""
+def preview_kind(hit: Hit, pictured: Collection[str] = ()) -> PreviewKind:
+    """How a hit is previewed: by its modality; else the plugin's picture when its modality is in `pictured`
+    (the modalities whose plugins draw previews); else by its file's suffix, else text or nothing."""
     if hit.source is None:
         return "text" if hit.text else "none"
     if hit.modality in ("image", "video", "document", "audio", "text"):
         return hit.modality  # type: ignore[return-value]
+    if hit.modality in pictured:
+        return "picture"
     return _BY_SUFFIX.get(hit.source.suffix.lower(), "text" if hit.text else "none")
 
 
@@ -74,12 +80,23 @@ def media_url(path: Path, fragment: str = "") -> str:
     return f"{MEDIA_ROUTE}?{urlencode({'path': str(path)}, quote_via=quote)}{fragment}"
 
 
-def preview_url(path: Path, page: int | None = None, t: float | None = None) -> str:
+def preview_url(path: Path, page: int | None = None, t: float | None = None, *, modality: str | None = None,
+                locator: Locator | None = None) -> str:
+    """The guarded preview route for a file: a page, a moment `t`, or (with `modality`) the hit's locator."""
     params: dict[str, str] = {"path": str(path)}
+    if modality is not None:
+        params["modality"] = modality
     if page is not None:
         params["page"] = str(page)
     if t is not None:
         params["t"] = f"{t:.3f}"
+    if locator is not None:
+        if locator.page is not None:
+            params["page"] = str(locator.page)
+        if locator.t0 is not None:
+            params["t0"] = f"{locator.t0:.3f}"
+        if locator.t1 is not None:
+            params["t1"] = f"{locator.t1:.3f}"
     return f"{PREVIEW_ROUTE}?{urlencode(params, quote_via=quote)}"
 
 
@@ -97,9 +114,11 @@ def frame_time(locator: Locator | None) -> float | None:
     return (locator.t0 + locator.t1) / 2 if locator.t1 is not None else locator.t0
 
 
-def preview_html(hit: Hit) -> str:
-    kind = preview_kind(hit)
+def preview_html(hit: Hit, pictured: Collection[str] = ()) -> str:
+    kind = preview_kind(hit, pictured)
     src = hit.source
+    if kind == "picture" and src is not None:
+        return _img(preview_url(src, modality=hit.modality, locator=hit.locator), f"{hit.modality} {src.name}")
     if kind == "image" and src is not None:
         return _img(preview_url(src), f"image {src.name}")
     if kind == "video" and src is not None:
@@ -121,16 +140,16 @@ def preview_html(hit: Hit) -> str:
     return ""
 
 
-def render_card(hit: Hit) -> str:
-    """One result card."""
+def render_card(hit: Hit, pictured: Collection[str] = ()) -> str:
+    """One result card; `pictured`: the modalities whose plugins draw previews."""
     where = locator_text(hit.locator, hit.source is not None)
     source = ""
     if hit.source is not None:
         source = f'<div class="omni-source" title="{_attr(str(hit.source))}">{_text(hit.source.name)}</div>'
     return (
         f'<div class="omni-card" data-rank="{hit.rank}" data-modality="{_attr(hit.modality)}" '
-        f'data-kind="{preview_kind(hit)}">'
-        f'<div class="omni-preview">{preview_html(hit)}</div>'
+        f'data-kind="{preview_kind(hit, pictured)}">'
+        f'<div class="omni-preview">{preview_html(hit, pictured)}</div>'
         '<div class="omni-meta">'
         f'<span>#{hit.rank} <span class="omni-badge">{_text(hit.modality)}</span></span>'
         f'<span class="omni-score" title="cosine similarity">{hit.score:.3f}</span></div>'
@@ -140,10 +159,11 @@ def render_card(hit: Hit) -> str:
     )
 
 
-def render_cards(hits: Sequence[Hit], empty: str = "No results.") -> str:
+def render_cards(hits: Sequence[Hit], empty: str = "No results.", pictured: Collection[str] = ()) -> str:
+    """The cards of `hits`, or `empty` in their place; `pictured`: the modalities whose plugins draw previews."""
     if not hits:
         return f'<div class="omni-empty">{_text(empty)}</div>'
-    return '<div class="omni-cards">' + "".join(render_card(h) for h in hits) + "</div>"
+    return '<div class="omni-cards">' + "".join(render_card(h, pictured) for h in hits) + "</div>"
 
 
 def _img(url: str, alt: str) -> str:

@@ -5,10 +5,17 @@ import argparse
 from pathlib import Path
 
 from omnisdk.errors import OmniError
+from omnisdk.hookspecs import hookimpl
 from omnisdk.precision import add_compute_arguments, compute_from
 
 STORE_HELP = ("where the vectors live: a directory (Qdrant Edge; default ./.omnisdk), http(s)://HOST:PORT "
               "(a Qdrant server; API key from QDRANT_API_KEY), or local:PATH")
+
+
+@hookimpl(tryfirst=True)  # built-in commands come first in `omnisdk --help`, third-party ones after
+def omnisdk_register_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add `app`."""
+    add_commands(subparsers)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

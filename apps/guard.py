@@ -67,8 +67,12 @@ class PathGuard:
         """The root that the already-resolved `path` is or lies under, or None."""
         return next((root for root in self._roots if path == root or path.is_relative_to(root)), None)
 
-    def check(self, raw: str | os.PathLike[str]) -> Path:
-        """The real path of a servable file named by `raw`, or PathRefused saying why not."""
+    def check(self, raw: str | os.PathLike[str], *, media: bool = True) -> Path:
+        """The real path of a servable file named by `raw`, or PathRefused saying why not.
+
+        `media=False` drops the rule on media kinds (the preview route draws a picture of any indexed file
+        whose plugin draws previews; it never sends the file itself).
+        """
         text = os.fspath(raw)
         if not text or "\x00" in text:
             raise PathRefused("empty path or a NUL byte in it")
@@ -86,7 +90,7 @@ class PathGuard:
             raise PathRefused(f"a hidden file or folder (never indexed): {text!r}")
         if not real.is_file():
             raise PathRefused(f"not a regular file: {text!r}")
-        if media_type(real) is None:
+        if media and media_type(real) is None:
             raise PathRefused(f"not a media file the app shows: {text!r}")
         return real
 

@@ -26,8 +26,9 @@ from pydantic import BaseModel, Field
 
 from omnisdk.apps.backend import SearchBackend
 from omnisdk.apps.guard import PathGuard, PathRefused, media_type
-from omnisdk.apps.previews import PreviewCache, previewable
+from omnisdk.apps.previews import PreviewCache
 from omnisdk.errors import OmniError
+from omnisdk.items import Locator
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,9 @@ class AppContext:
                 raise OmniError(f"the upload folder {self.upload_dir} lies inside the store, whose files are never "
                                 "indexed or served: choose another --upload-dir")
             self.upload_dir.mkdir(parents=True, exist_ok=True)
-        self.previews = PreviewCache(settings.preview_cache)
+        # The model's plugins draw the previews; a backend without a model (tests) gets none.
+        model = getattr(backend, "model", None)
+        self.previews = PreviewCache(settings.preview_cache, plugins=getattr(model, "plugins", None))
         self.private.append(self.previews.cache_dir.resolve())
         self.guard = PathGuard()
         self.allowed_paths: list[str] = []  # the list object Gradio reads on every file request
@@ -80,9 +83,12 @@ class AppContext:
         self.guard.set_roots(roots)
         self.allowed_paths[:] = [str(r) for r in self.guard.roots]
 
-    def check(self, raw: str) -> Path:
-        """The real path of a servable file, refusing private folders inside a root as well."""
-        real = self.guard.check(raw)
+    def check(self, raw: str, *, media: bool = True) -> Path:
+        """The real path of a servable file, refusing private folders inside a root as well.
+
+        `media=False` also accepts files the media route does not serve (a heat map's CSV), for previews.
+        """
+        real = self.guard.check(raw, media=media)
         if self._private(real):
             raise PathRefused(f"a private folder: {raw!r}")
         return real
@@ -151,20 +157,35 @@ def _add_file_routes(app: FastAPI, ctx: AppContext) -> None:
         return FileResponse(real, media_type=media_type(real), headers=_SAFE_HEADERS, content_disposition_type="inline")
 
     @app.get("/omnisdk/preview")
-    def preview(request: Request, path: str = "", page: int | None = None, t: float | None = None):
+    def preview(request: Request, path: str = "", modality: str | None = None, page: int | None = None,
+                t: float | None = None, t0: float | None = None, t1: float | None = None):
         try:
-            real = ctx.check(path)
+            real = ctx.check(path, media=False)
         except PathRefused as exc:
             return _refused(str(exc), request)
-        if not previewable(real) or (page is not None and not 1 <= page <= 1_000_000) or (
-            t is not None and not (math.isfinite(t) and t >= 0)
-        ):
+        modality = modality or ctx.previews.modality_of(real)
+        locator = _preview_locator(page, t, t0, t1)
+        if modality not in ctx.previews.modalities or locator is False:
             return _refused("no preview of this kind", request)
         try:
-            png = ctx.previews.png(real, page, t)
+            png = ctx.previews.png(real, modality, locator)
         except Exception as exc:  # any decoder failure costs this one picture
             return _refused(f"preview failed: {type(exc).__name__}: {exc}", request)
         return FileResponse(png, media_type="image/png", headers=_SAFE_HEADERS)
+
+
+def _preview_locator(page: int | None, t: float | None, t0: float | None, t1: float | None) -> Locator | None | bool:
+    """The part of the file a preview shows: a page, a moment `t`, or a span t0-t1; False when out of range."""
+    times = [x for x in (t, t0, t1) if x is not None]
+    if (page is not None and not 1 <= page <= 1_000_000) or not all(math.isfinite(x) and x >= 0 for x in times):
+        return False
+    if page is not None:
+        return Locator(page=page)
+    if t is not None:
+        return Locator(t0=t, t1=t)  # a moment: the plugin shows the middle of the span
+    if t0 is not None:
+        return False if t1 is not None and t1 < t0 else Locator(t0=t0, t1=t1)
+    return None
 
 
 def _gradio_file_allowed(ctx: AppContext, target: str) -> bool:

@@ -97,7 +97,8 @@ def run_search(ctx: AppContext, text: str | None, file: str | None, wanted: Sequ
         return f"Search failed: {escape_markdown(f'{type(exc).__name__}: {exc}')}", ""
     seconds = time.perf_counter() - start
     status = f"{len(hits)} result(s) for {described} in {seconds:.2f} s"
-    return status, render_cards(hits, "No results: the collection holds nothing of the ticked modalities.")
+    return status, render_cards(hits, "No results: the collection holds nothing of the ticked modalities.",
+                                ctx.previews.modalities)
 
 
 def run_index(ctx: AppContext, files: Sequence[str], allowed: Sequence[str], report) -> str:

@@ -16,12 +16,14 @@ second run reuses the data, the trained models and the index.
 """
 from __future__ import annotations
 
+import argparse
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from omnisdk.datasets.format import Dataset, Record, load_dataset
+from omnisdk.hookspecs import hookimpl
 
 COLLECTION = "omniworld-demo"
 EXAMPLES = (  # (task, what it shows)
@@ -194,6 +196,12 @@ def _file_key(hit) -> tuple[str, int | None]:
     return str(Path(hit.source).resolve()), page
 
 
+@hookimpl(tryfirst=True)  # built-in commands come first in `omnisdk --help`, third-party ones after
+def omnisdk_register_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add `demo`."""
+    add_commands(subparsers)
+
+
 def add_commands(sub) -> None:
     p = sub.add_parser("demo", help="generate OmniWorld, train the demo pipeline, index it in Qdrant, search it")
     p.add_argument("--cache", help="where data, models and the index live (default: the user cache dir)")
@@ -206,8 +214,6 @@ def add_commands(sub) -> None:
 
 
 def cmd_demo(args) -> int:
-    import argparse
-
     paths = run_demo(Path(args.cache) if args.cache else None, store_spec=args.store, config=args.config,
                      say=lambda line: print(line, flush=True))
     store = args.store or str(paths.store)

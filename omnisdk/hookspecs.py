@@ -13,7 +13,20 @@ if TYPE_CHECKING:
     from omnisdk.model import OmniModel
 
 hookspec = pluggy.HookspecMarker("omnisdk")
-hookimpl = pluggy.HookimplMarker("omnisdk")
+
+
+class HookimplMarker(pluggy.HookimplMarker):
+    """Marks a function as an implementation of one of omnisdk's hooks (`@omnisdk.hookimpl`).
+
+    Name the function after the hook (`omnisdk_register_modalities`, ...; see docs/hooks.md) and take any
+    of its arguments by name. `@omnisdk.hookimpl(tryfirst=True)` or `(trylast=True)` changes the order in
+    which pluggy calls implementations. A misspelled hook name fails loudly when the plugin is registered.
+    """
+
+    __slots__ = ()
+
+
+hookimpl = HookimplMarker("omnisdk")
 
 
 @hookspec

@@ -10,7 +10,7 @@ import importlib.util
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
@@ -203,7 +203,30 @@ class BuildContext:
 
 
 class ModalityPlugin(ABC):
-    """One modality: what it accepts, how it turns inputs into a batch, and the adapter that embeds it."""
+    """One modality: what it accepts, how it turns inputs into a batch, and the adapter that embeds it.
+
+    A subclass sets `name` and writes `preprocess` and `build_adapter`; everything else has a default.
+    Register it with the `omnisdk_register_modalities` hook (docs/writing-plugins.md).
+
+    Attributes:
+        name: the modality's name ("image", "heatmap"), unique among installed plugins.
+        version, description, package: what `omnisdk plugins` shows and checkpoints record.
+        extra, requires: the pip extra (or package) and the importable modules it needs.
+        extensions, fallback_extensions, python_types: what detection routes to it (see `accepts_path`,
+            `accepts_object`).
+        uses: other modalities whose adapters this one calls; they are built first.
+        Config: its pydantic settings (a PluginConfig subclass); an instance is `self.config`.
+        instructions: text put before an item encoded as a query or as a document.
+        fusion: which adapter parameters fusion merges (shared) and which it copies (owned).
+        training: default specialist-training settings.
+        aspect_prompts: AGFF aspect prompts, by aspect index.
+
+    Args:
+        config: the plugin's settings: a Config instance, a dict validated into one, or None for defaults.
+
+    Raises:
+        pydantic.ValidationError: settings that `Config` refuses.
+    """
 
     name: ClassVar[str]
     version: ClassVar[str] = "0.0.0"
@@ -242,22 +265,46 @@ class ModalityPlugin(ABC):
 
     def bind(self, runtime: Runtime) -> None:
         """Called by the model that owns this plugin once it is built: `chunk` may then size windows
-        by the model's tokenizer and content budget."""
+        by the model's tokenizer and content budget.
+
+        Args:
+            runtime: the owning model's runtime; kept as `self.runtime`.
+        """
         self.runtime = runtime
 
     # -- the two methods a plugin must write ------------------------------------------------
     @abstractmethod
     def preprocess(self, items: Sequence[Item], runtime: Runtime) -> Prepared:
-        """Decode and prepare items; a bad item goes to `errors`, never raises for the batch."""
+        """Decode and prepare items; a bad item goes to `errors`, never raises for the batch.
+
+        Args:
+            items: items of this modality (files with their locators, or in-memory objects).
+            runtime: the owning model's runtime (tokenizer, device, other adapters).
+
+        Returns:
+            Prepared: the batch of the good items (whatever the adapter takes), their indices in `ok`, and
+            the cause of each bad one in `errors` (`run_per_item` builds both).
+        """
 
     @abstractmethod
     def build_adapter(self, ctx: BuildContext) -> nn.Module:
-        """Build the module mapping a prepared batch to TokenEmbeddings: `adapter(batch, runtime)`."""
+        """Build the module mapping a prepared batch to TokenEmbeddings: `adapter(batch, runtime)`.
+
+        Args:
+            ctx: the backbone's width (`hidden_size`), its tokenizer, the other plugins and the backbone.
+
+        Returns:
+            A torch module; its parameters are saved, trained and fused under `adapters.<name>.`.
+        """
 
     # -- optional behaviour with sensible defaults -----------------------------------------------
     @classmethod
     def missing_requirements(cls) -> list[str]:
-        """Modules in `requires` that cannot be imported here."""
+        """Modules in `requires` that cannot be imported here.
+
+        Returns:
+            One entry per missing requirement ("decord or av" for "decord|av"); empty when usable.
+        """
         missing = []
         for need in cls.requires:
             options = need.split("|")
@@ -269,67 +316,169 @@ class ModalityPlugin(ABC):
     def accepts_path(cls, path: Path) -> bool:
         """Whether detection may route this file here; default: its extension is in `extensions` or
         `fallback_extensions`. Override to claim files by name or content; a file no plugin accepts is
-        then matched by its first bytes (magic numbers) against `extensions`."""
+        then matched by its first bytes (magic numbers) against `extensions`.
+
+        Args:
+            path: the file (it may not exist, or be unreadable: return False rather than raise).
+
+        Returns:
+            Whether this plugin takes the file.
+        """
         return path.suffix.lower() in cls.extensions + cls.fallback_extensions
 
     @classmethod
     def accepts_object(cls, obj: Any) -> bool:
         """Whether detection may route this in-memory object here; default: a class in its MRO is named in
-        `python_types`. Of several plugins that accept it, the one naming the most specific class wins."""
+        `python_types`. Of several plugins that accept it, the one naming the most specific class wins.
+
+        Args:
+            obj: an in-memory input (a PIL image, an array, a waveform).
+
+        Returns:
+            Whether this plugin takes the object.
+        """
         names = {f"{t.__module__}.{t.__qualname__}" for t in type(obj).__mro__}
         return any(n in names for n in cls.python_types)
 
     def chunk(self, item: Item) -> list[Item]:
-        """Split a long input into located chunks (pages, time windows); default: the item itself."""
+        """Split a long input into located chunks (pages, time windows); default: the item itself.
+
+        Args:
+            item: a file of this modality, perhaps already located (then return it as it is).
+
+        Returns:
+            Items with locators (`item.with_locator(...)`), in reading order. A file that cannot be read
+            is returned whole, so that `preprocess` reports the cause.
+        """
         return [item]
 
     def length_hint(self, item: Item) -> int:
-        """A cheap size estimate used to sort a batch and limit padding."""
+        """A cheap size estimate used to sort a batch and limit padding.
+
+        Args:
+            item: an item of this modality.
+
+        Returns:
+            A relative size (tokens, frames); items of similar size are batched together.
+        """
         return len(item.text or "")
 
     def length_hints(self, items: Sequence[Item], runtime: Runtime) -> list[int]:
-        """Size estimates for many items at once; override when one batched call is cheaper."""
+        """Size estimates for many items at once; override when one batched call is cheaper.
+
+        Args:
+            items: items of this modality.
+            runtime: the owning model's runtime.
+
+        Returns:
+            One `length_hint` per item, in order.
+        """
         return [self.length_hint(item) for item in items]
 
     def frozen(self) -> list[str]:
         """Adapter parameter patterns (fnmatch, relative to the adapter) that no training stage changes.
 
         A pretrained encoder a plugin keeps as it is goes here; default: none.
+
+        Returns:
+            fnmatch patterns such as "encoder.*".
         """
         return []
 
     def recovery_plan(self, adapter_prefix: str) -> RecoveryPlan | None:
-        """Default recovery after fusion: train the owned parameters in full, freeze all else."""
+        """Default recovery after fusion: train the owned parameters in full, freeze all else.
+
+        Args:
+            adapter_prefix: the adapter's parameter prefix in the model ("adapters.audio.").
+
+        Returns:
+            The parameters to train and optional settings, or None when nothing needs recovering (no owned
+            parameters, or `fusion.recovery` is off). The `omnisdk_recovery_plan` hook can override it.
+        """
         if not self.fusion.recovery or not self.fusion.owned:
             return None
         return RecoveryPlan(trainable=[f"{adapter_prefix}{p}" for p in self.fusion.owned])
 
     def describe_locator(self, locator: Locator | None) -> str:
+        """A chunk's place in words for result lists ("page 3", "rows 512-1023"); "" for a whole file.
+
+        Args:
+            locator: a chunk's locator, or None.
+
+        Returns:
+            A short phrase in this modality's own terms.
+        """
         return str(locator) if locator else ""
+
+    def preview(self, item: Item, side: int) -> Any | None:
+        """A picture of `item` for the search app's result card; default None: this modality has none.
+
+        The app (`omnisdk app`) shows it on the card of every hit of this modality that has no player of
+        its own, so a third-party modality gets a preview card. It runs in the app's preview child
+        process (a decoder may crash or hang on a hostile file): no torch here.
+
+        Args:
+            item: the hit's file (`item.path`) with its `locator` (the page or time span the hit covers).
+            side: the longest side the card needs, in pixels; a larger picture is shrunk to it.
+
+        Returns:
+            A PIL image, or a uint8 numpy array [height, width, 3] (RGB) or [height, width] (grey); None
+            when there is nothing to show.
+
+        Raises:
+            Exception: any, for a file that cannot be read; the card then shows no picture.
+        """
+        return None
 
     # -- rows, for the prepared-input cache ------------------------------------------------------
     def split_rows(self, batch: Any, count: int) -> list[dict[str, Any]]:
-        """Cut a `preprocess` batch into one row per item; override to drop per-batch padding."""
+        """Cut a `preprocess` batch into one row per item; override to drop per-batch padding.
+
+        Args:
+            batch: what `preprocess` put in `Prepared.batch`.
+            count: how many items it holds.
+
+        Returns:
+            One dict of tensors (or plain values) per item, for the prepared-input cache.
+        """
         from omnisdk.batching import split_rows
 
         return split_rows(batch, count)
 
     def collate_rows(self, rows: Sequence[dict[str, Any]], runtime: Runtime) -> Any:
-        """Assemble rows (possibly prepared at different times) into a batch `preprocess` could have made."""
+        """Assemble rows (possibly prepared at different times) into a batch `preprocess` could have made.
+
+        Args:
+            rows: rows from `split_rows`, in batch order.
+            runtime: the owning model's runtime.
+
+        Returns:
+            A batch the adapter takes.
+        """
         from omnisdk.batching import collate_rows
 
         return collate_rows(rows)
 
 
-def dependencies_of(plugins: Mapping[str, ModalityPlugin], name: str) -> list[str]:
-    """`name` and every plugin it uses, transitively (video uses image's tower), `name` first."""
-    out, pending = [], [name]
+def with_dependencies(names: Iterable[str], uses_of: Callable[[str], Iterable[str]]) -> list[str]:
+    """`names`, then every modality they use, transitively (video and document use image), each once.
+
+    The one walk over plugins' `uses`: `uses_of(name)` gives a modality's `uses` (from a plugin instance,
+    or a class looked up by name), so models, presets and training stages follow the same rule.
+    """
+    out: list[str] = []
+    pending = list(names)
     while pending:
         current = pending.pop(0)
         if current not in out:
             out.append(current)
-            pending += list(plugins[current].uses)
+            pending += list(uses_of(current))
     return out
+
+
+def dependencies_of(plugins: Mapping[str, ModalityPlugin], name: str) -> list[str]:
+    """`name` and every plugin it uses, transitively (video uses image's tower), `name` first."""
+    return with_dependencies([name], lambda current: plugins[current].uses)
 
 
 def run_per_item(

@@ -28,6 +28,7 @@ from omnisdk.modality import (
     Runtime,
     TokenEmbeddings,
     parameter_owner,
+    with_dependencies,
 )
 from omnisdk.plugin_manager import get_modality, get_plugin_manager, modality_classes
 from omnisdk.precision import Precision, check_precision
@@ -138,8 +139,12 @@ class OmniModel(nn.Module):
             seed: seeds the fresh adapters (and the tiny preset's random backbone).
             overrides: plugin settings by modality, e.g. `{"heatmap": {"grid_rows": 16}}`.
 
+        Returns:
+            A new OmniModel, not yet saved (`model.save(directory)` writes it as a checkpoint).
+
         Raises:
             OmniError: for an unknown preset or an unusable backbone.
+            PluginNotInstalledError: a modality whose plugin is not installed (the error names the pip command).
         """
         from omnisdk.presets import build_base
 
@@ -155,9 +160,23 @@ class OmniModel(nn.Module):
         verify: bool = True,
         precision: Precision = "fp32",
     ) -> OmniModel:
-        """Load a checkpoint directory; never unpickles. `modalities` loads only those plugins.
+        """Load a checkpoint directory; never unpickles. The model remembers it as `model.directory`.
 
-        `precision` is how `encode` computes (see the `precision` property); the weights stay float32.
+        Args:
+            directory: a checkpoint directory (manifest.json, safetensors weights, tokenizer).
+            device: where the model runs (default: CUDA if available, else the CPU).
+            modalities: load only these plugins (None: every plugin the manifest names).
+            verify: check the weights against the manifest's sha256 fingerprint.
+            precision: how `encode` computes ("fp32", "bf16", ...; see the `precision` property); the
+                weights stay float32.
+
+        Returns:
+            The OmniModel, in eval mode.
+
+        Raises:
+            CheckpointError: a missing or damaged file, or weights that do not match the fingerprint.
+            PluginNotInstalledError: the manifest names a plugin that is not installed (with the pip command).
+            PluginUnavailableError: a plugin whose optional libraries are missing.
         """
         from transformers import AutoTokenizer
 
@@ -537,8 +556,26 @@ class OmniModel(nn.Module):
         `return_errors=True` also returns the list of ItemError. A `timer` gets the seconds spent
         preprocessing ("decode": reading and decoding files, tokenizing) and in the model ("encode").
         `aspects=True` (AGFF models) returns the K aspect vectors of each item, (N, K, D), instead.
-        `decode_workers` threads prepare later batches while the model embeds (None: up to 4, or
-        $OMNISDK_DECODE_WORKERS; 0: one after the other); the result is the same either way.
+
+        Args:
+            items: texts (`str`), files (`Path`), in-memory objects (a PIL image, a 2-D array) or Items.
+            batch_size: items per forward pass (per modality).
+            aspects: return the K aspect vectors of each item (AGFF models only).
+            role: "query" or "document" prepends the plugins' instruction for that role; None: none.
+            show_progress: a progress bar (None: on a terminal only).
+            errors: what a failed item does: "warn", "raise" (ItemErrors after the rest) or "ignore".
+            return_errors: also return the list of ItemError (index, item, cause).
+            timer: collects the seconds spent decoding and encoding.
+            decode_workers: threads that prepare later batches while the model embeds (None: up to 4,
+                or $OMNISDK_DECODE_WORKERS; 0: one after the other); the result is the same either way.
+
+        Returns:
+            float32 array (N, D) of unit vectors, NaN rows for failed items ((N, K, D) with `aspects`);
+            with `return_errors`, the pair (vectors, errors).
+
+        Raises:
+            ItemErrors: with `errors="raise"`, when any item failed; `.embeddings` holds the good rows.
+            OmniError: `aspects=True` on a model without aspects.
         """
         from omnisdk.encode_stream import encode_windows
 
@@ -578,12 +615,10 @@ def _instantiate_plugins(plugins: Mapping[str, dict[str, Any] | None] | Sequence
     if "text" not in names:
         names = {"text": None, **names}  # the backbone's own modality is always there
     instances = {name: get_modality(name)(config) for name, config in names.items()}
-    pending = list(instances.values())
-    while pending:  # add what the chosen plugins use, and what those use in turn, with default settings
-        for needed in pending.pop().uses:
-            if needed not in instances:
-                instances[needed] = get_modality(needed)()
-                pending.append(instances[needed])
+    # Add what the chosen plugins use, and what those use in turn, with default settings.
+    for needed in with_dependencies(instances, lambda name: get_modality(name).uses):
+        if needed not in instances:
+            instances[needed] = get_modality(needed)()
     return instances
 
 

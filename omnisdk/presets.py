@@ -43,6 +43,7 @@ def build_base(
     overrides: dict[str, dict[str, Any]] | None = None,
 ):
     """A base OmniModel from a preset; `backbone` replaces the preset's with any local HF checkpoint."""
+    from omnisdk.modality import with_dependencies
     from omnisdk.model import OmniModel
     from omnisdk.plugin_manager import get_modality, modality_classes
 
@@ -56,13 +57,9 @@ def build_base(
         chosen = {n: c for n, c in plugin_configs.items() if n in available}
         chosen.update({n: {} for n in available if n not in chosen})  # third-party plugins: their defaults
     else:
-        chosen = {n: plugin_configs.get(n, {}) for n in modalities}
-        pending = list(chosen)
-        while pending:  # plugins that others use (video and documents use image) get the preset's settings too
-            for needed in get_modality(pending.pop()).uses:
-                if needed not in chosen:
-                    chosen[needed] = plugin_configs.get(needed, {})
-                    pending.append(needed)
+        # Plugins that others use (video and documents use image) get the preset's settings too.
+        needed = with_dependencies(modalities, lambda name: get_modality(name).uses)
+        chosen = {n: plugin_configs.get(n, {}) for n in needed}
     common = dict(pooling=spec.get("pooling", "mean"), max_length=spec.get("max_length", 256), seed=seed)
     if backbone is not None:  # its own pooling: mean for encoders, last token for decoder LLMs
         common["pooling"] = None

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from pydantic import Field
@@ -342,6 +342,14 @@ class DocumentPlugin(ModalityPlugin):
 
     def build_adapter(self, ctx: BuildContext) -> nn.Module:
         return DocumentAdapter(self.config.max_text_tokens, self.config.token_grid)
+
+    def preview(self, item: Item, side: int) -> Any:
+        """The hit's page (the first without a locator), rendered with its longer side at `side`."""
+        from PIL import Image
+
+        config = self.config.model_copy(update={"render_size": side, "max_text_tokens": 0, "isolate": False})
+        data = read_page(pdf_source(item), _page_of(item) or 1, config)
+        return Image.frombytes("RGB", (data.width, data.height), data.samples)
 
     def runner(self) -> IsolatedRunner:
         """A context manager that reads PDFs under this plugin's isolation settings."""

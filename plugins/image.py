@@ -188,6 +188,10 @@ class ImagePlugin(ModalityPlugin):
     fusion = FusionSpec(shared=["*"])
     training = TrainingDefaults(learning_rate=1e-4, steps=300, batch_size=32)
 
+    def preview(self, item: Item, side: int) -> Any:
+        """The image itself (the app shrinks it to `side`)."""
+        return load_image(item.path if item.path is not None else item.data, self.config.max_pixels)
+
     def preprocess(self, items: Sequence[Item], runtime: Runtime) -> Prepared:
         adapter = runtime.adapter(self.name)
         size = self.config.image_size

@@ -399,6 +399,16 @@ class VideoPlugin(ModalityPlugin):
     def length_hint(self, item: Item) -> int:
         return 0
 
+    def preview(self, item: Item, side: int) -> Any:
+        """The frame at the middle of the item's span (of the whole video without a locator)."""
+        locator = item.locator
+        if locator is not None and locator.t0 is not None:
+            middle = (locator.t0 + locator.t1) / 2 if locator.t1 is not None else locator.t0
+            locator = Locator(t0=middle, t1=middle + 0.04)  # one frame, at the centre of a short span
+        else:
+            locator = None
+        return read_frames(Path(item.path), locator, self.config.model_copy(update={"num_frames": 1}))[0]
+
 
 @hookimpl
 def omnisdk_register_modalities(register):

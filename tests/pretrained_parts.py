@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from media.audio import write_wav
 
 SEED = 0
 
@@ -203,3 +204,32 @@ QWEN2_VL_CHAT_TEMPLATE = (
 
 VISION_TOKENS = {"vision_start_token": "<|vision_start|>", "vision_end_token": "<|vision_end|>",
                  "image_token": "<|image_pad|>", "video_token": "<|video_pad|>"}
+
+
+#: Training settings for a few steps on the pairs below.
+FAST = {"batch_size": 4, "log_every": 1, "hard_negatives": 0, "steps": 3}
+
+
+def write_pairs_dataset(root: Path) -> Path:
+    """Text <-> image and text <-> audio pairs of real files: coloured squares and tones."""
+    from PIL import Image
+
+    (root / "media").mkdir(parents=True)
+    corpus, queries, qrels, train = [], [], ["query-id\tcorpus-id\tscore"], []
+    colours = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 230, 20)}
+    for i, (word, rgb) in enumerate(colours.items()):
+        Image.new("RGB", (40, 30), rgb).save(root / "media" / f"{word}.png")
+        write_wav(root / "media" / f"{word}.wav", 0.5, 16_000, 200 + 400 * i)
+        for modality, suffix in (("image", "png"), ("audio", "wav")):
+            doc, query = f"{modality}-{word}", f"q-{modality}-{word}"
+            corpus.append({"_id": doc, "modality": modality, "path": f"media/{word}.{suffix}"})
+            queries.append({"_id": query, "modality": "text", "text": f"a {word} {modality}", "task": f"t2{modality[0]}"})
+            qrels.append(f"{query}\t{doc}\t1")
+            train.append({"query": {"modality": "text", "text": f"a {word} {modality}"},
+                          "positive": {"modality": modality, "path": f"media/{word}.{suffix}"}, "negatives": [],
+                          "task": f"t2{modality[0]}"})
+    (root / "qrels").mkdir()
+    (root / "qrels" / "test.tsv").write_text("\n".join(qrels) + "\n")
+    for name, rows in (("corpus", corpus), ("queries", queries), ("train", train)):
+        (root / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root

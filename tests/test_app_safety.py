@@ -50,11 +50,13 @@ def test_locator_text(locator, has_file, text):
         ("text", None, "a note", "text"),
         ("sketch", "/data/a.webp", None, "image"),  # a third-party modality: by the file's suffix
         ("sketch", "/data/a.xyz", None, "none"),
+        ("heatmap", "/data/a.csv", None, "picture"),  # its plugin draws previews (in `pictured` below)
+        ("heatmap", None, "a note", "text"),
     ],
 )
 def test_preview_kind(modality, source, text, kind):
     hit = Hit(1, 0.5, modality, Path(source) if source else None, None, text)
-    assert preview_kind(hit) == kind
+    assert preview_kind(hit, pictured={"heatmap"}) == kind
 
 
 def test_cards_preview_each_modality_through_the_guarded_routes():
@@ -74,6 +76,11 @@ def test_cards_preview_each_modality_through_the_guarded_routes():
     audio = render_card(Hit(4, -0.25, "audio", Path("/a/talk.wav"), Locator(t0=0.0, t1=10.0)))
     assert '<audio controls preload="none" src="/omnisdk/media?path=%2Fa%2Ftalk.wav#t=0,10"' in audio
     assert "-0.250" in audio and "0.0–10.0 s" in audio
+
+    heat = render_card(Hit(6, 0.2, "heatmap", Path("/h/series.csv"), Locator(t0=512.0, t1=1024.0)), {"heatmap"})
+    assert 'src="/omnisdk/preview?path=%2Fh%2Fseries.csv&amp;modality=heatmap&amp;t0=512.000&amp;t1=1024.000"' in heat
+    assert 'data-kind="picture"' in heat
+    assert 'data-kind="none"' in render_card(Hit(6, 0.2, "heatmap", Path("/h/series.csv")))  # no plugin picture
 
     text = render_card(Hit(5, 0.3, "text", None, None, "x" * 400))
     assert "omni-snippet" in text and "…" in text and "whole file" not in text
@@ -137,6 +144,15 @@ def test_guard_refuses(tree, raw):
     root, _ = tree
     with pytest.raises(PathRefused):
         PathGuard([root]).check(raw.format(root=root))
+
+
+def test_guard_without_the_media_rule_still_refuses_hidden_and_outside_files(tree):
+    root, secret = tree
+    guard = PathGuard([root])
+    assert guard.check(str(root / "notes.html"), media=False) == (root / "notes.html").resolve()  # for previews
+    for raw in (str(root / ".hidden" / "c.png"), str(secret), str(root / "link.png"), str(root / "sub")):
+        with pytest.raises(PathRefused):
+            guard.check(raw, media=False)
 
 
 def test_guard_refuses_the_filesystem_root_as_a_root(tmp_path):

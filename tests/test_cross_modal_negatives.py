@@ -10,25 +10,15 @@ from omnisdk.trainers.config import TrainConfig
 from omnisdk.trainers.contrastive import ContrastiveTrainer
 from omnisdk.trainers.data import BatchSchedule, CrossModalNegatives, PairPool
 from omnisdk.trainers.stages import align, rehearse, train_joint
-from tests.test_trainer import _add_tone_pairs
 
 FAST = {"batch_size": 4, "log_every": 1, "hard_negatives": 1}
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, make_trainer_data):
     """A tiny base model; image pairs (OmniWorld scenes and digits) and audio pairs (tones)."""
-    from omnisdk.datasets.omniworld.build import make_omniworld
-    from omnisdk.presets import build_base
-
-    root = tmp_path_factory.mktemp("xmodal")
-    data = root / "data"
-    make_omniworld(data, domains=("scenes", "digits"))
-    _add_tone_pairs(data)
-    base = root / "base"
-    build_base("tiny").save(base)
-    pool = PairPool.from_dataset(load_dataset(data))
-    return {"root": root, "data": data, "base": base, "pool": pool}
+    world = make_trainer_data(tmp_path_factory.mktemp("xmodal"))
+    return {**world, "pool": PairPool.from_dataset(load_dataset(world["data"]))}
 
 
 def _keys(items):

@@ -3,12 +3,10 @@ from __future__ import annotations
 
 from omnisdk.cli import main
 from omnisdk.demo import COLLECTION, EXAMPLES
-from tests.test_pipeline import QUICK
 
 
-def test_demo_trains_indexes_and_answers_every_example(tmp_path, capsys):
-    config = tmp_path / "quick.toml"
-    config.write_text(QUICK)
+def test_demo_trains_indexes_and_answers_every_example(tmp_path, capsys, quick_pipeline):
+    config = quick_pipeline(tmp_path / "quick.toml")
     cache = tmp_path / "cache"
     assert main(["demo", "--cache", str(cache), "--config", str(config)]) == 0
     out = capsys.readouterr().out

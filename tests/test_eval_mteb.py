@@ -8,6 +8,8 @@ import pytest
 
 mteb = pytest.importorskip("mteb")
 
+from media.eval_data import VQA_COLOURS, write_vqa_dataset  # noqa: E402
+
 from omnisdk.datasets.format import load_dataset  # noqa: E402
 from omnisdk.eval.mteb_adapter import MtebEncoder, batch_items  # noqa: E402
 from omnisdk.eval.runner import evaluate  # noqa: E402
@@ -101,8 +103,6 @@ def tiny_vqa_task():
     from mteb.abstasks.task_metadata import TaskMetadata
     from PIL import Image
 
-    from tests.test_interleave import COLOURS
-
     class TinyColoursVQA(AbsTaskRetrieval):
         metadata = TaskMetadata(
             name="OmnisdkTinyColoursVQA", description="an image and a question find the answer", reference=None,
@@ -114,11 +114,11 @@ def tiny_vqa_task():
 
         def load_data(self, num_proc=None, **kwargs):
             split = RetrievalSplitData(
-                queries=Dataset.from_dict({"id": [f"q_{c}" for c in COLOURS],
-                                           "image": [Image.new("RGB", (24, 24), rgb) for rgb in COLOURS.values()],
-                                           "text": ["What colour is the square?"] * len(COLOURS)}),
-                corpus=Dataset.from_dict({"id": [f"a_{c}" for c in COLOURS], "text": list(COLOURS)}),
-                relevant_docs={f"q_{c}": {f"a_{c}": 1} for c in COLOURS},
+                queries=Dataset.from_dict({"id": [f"q_{c}" for c in VQA_COLOURS],
+                                           "image": [Image.new("RGB", (24, 24), rgb) for rgb in VQA_COLOURS.values()],
+                                           "text": ["What colour is the square?"] * len(VQA_COLOURS)}),
+                corpus=Dataset.from_dict({"id": [f"a_{c}" for c in VQA_COLOURS], "text": list(VQA_COLOURS)}),
+                relevant_docs={f"q_{c}": {f"a_{c}": 1} for c in VQA_COLOURS},
                 top_ranked=None,
             )
             self.dataset = {"default": {"test": split}}
@@ -128,8 +128,6 @@ def tiny_vqa_task():
 
 
 def test_mteb_image_with_question_queries_match_omnisdk_eval(tiny_model_factory, tmp_path):
-    from tests.test_interleave import write_vqa_dataset
-
     model = tiny_model_factory(["text", "image"])
     seen = []
 

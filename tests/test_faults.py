@@ -57,9 +57,7 @@ def spread(total: int, count: int) -> list[int]:
 
 # -- kill -9 during fusion ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def zoo(tmp_path_factory, tiny_model_factory):
-    from tests.test_fusion import make_specialist
-
+def zoo(tmp_path_factory, tiny_model_factory, make_specialist):
     root = tmp_path_factory.mktemp("faults-fusion")
     tiny_model_factory(["text", "image"]).save(root / "base")
     return root, [make_specialist(root / "base", root / p, p, seed) for seed, p in enumerate(["text", "image"], 1)]

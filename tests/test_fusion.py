@@ -14,37 +14,18 @@ from omnisdk import checkpoint as ckpt
 from omnisdk.cli import main
 from omnisdk.fusion import FusionError, fuse, plan_fusion
 from omnisdk.fusion.methods import generator_for, ties
-from omnisdk.hookspecs import hookimpl
 from omnisdk.items import Item
 from omnisdk.model import OmniModel
-from omnisdk.plugin_manager import register_plugin
 
 pytest.importorskip("timm")
 pytest.importorskip("torchaudio")
 from omnisdk.plugins.audio import Waveform  # noqa: E402
 
 MODALITIES = ["text", "image", "audio"]
-# What each specialist's training moved: the backbone always, plus its plugin's adapter.
-TRAINED = {"text": ("backbone.",), "image": ("backbone.", "adapters.image."), "audio": ("backbone.", "adapters.audio.")}
-
-
-def make_specialist(base_dir: Path, out: Path, plugin: str, seed: int, *, parents: list[str] | None = None) -> Path:
-    """A stand-in for a trained specialist: the base's weights moved by seeded noise, saved with a lineage."""
-    model = OmniModel.load(base_dir, device="cpu")
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.startswith(TRAINED[plugin]):
-                param.add_(0.02 * torch.randn(param.shape, generator=g))
-    base_fp = ckpt.read_manifest(base_dir).fingerprint
-    lineage = ckpt.Lineage(stage="specialist", parents=parents or [base_fp], method="contrastive",
-                           data_hash=f"data-{plugin}", settings={"plugin": plugin, "steps": 10})
-    model.save(out, lineage=lineage)
-    return out
 
 
 @pytest.fixture(scope="module")
-def zoo(tmp_path_factory, tiny_model_factory) -> dict[str, Path]:
+def zoo(tmp_path_factory, tiny_model_factory, make_specialist) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("fusion")
     base = tiny_model_factory(MODALITIES)
     base.save(root / "base")
@@ -126,18 +107,8 @@ def test_owned_parameters_without_their_specialist_stay_as_the_base_with_a_warni
     assert report.as_dict()["owners"]["audio"]["kept"] > 0
 
 
-def mean_of_deltas(deltas, *, weights, density, generator):
-    return torch.stack(list(deltas)).mean(dim=0)
-
-
-class MeanMerge:
-    @hookimpl
-    def omnisdk_register_merge_methods(self, register):
-        register("mean_of_deltas", mean_of_deltas)
-
-
-def test_a_method_registered_by_a_plugin_fuses(zoo, tmp_path):
-    register_plugin(MeanMerge(), name="mean-merge")
+def test_a_method_registered_by_a_plugin_fuses(zoo, tmp_path, mean_merge):
+    mean_merge()
     fuse(zoo["base"], [zoo["text"], zoo["image"]], method="mean_of_deltas", out=tmp_path / "fused")
     base, text, image, fused = (weights(p) for p in (zoo["base"], zoo["text"], zoo["image"], tmp_path / "fused"))
     name = "backbone.embeddings.LayerNorm.weight"
@@ -161,7 +132,7 @@ def refused(zoo, out: Path, specialists, match: str, **kwargs) -> None:
     assert not out.exists()
 
 
-def test_refuses_a_specialist_of_another_base(zoo, tmp_path):
+def test_refuses_a_specialist_of_another_base(zoo, tmp_path, make_specialist):
     other = make_specialist(zoo["base"], tmp_path / "stranger", "text", 9, parents=["f" * 64])
     refused(zoo, tmp_path / "out", [zoo["image"], other], match=r"specialist .*stranger does not descend from base .*ffffffffffff")
 
@@ -176,7 +147,7 @@ def test_refuses_a_dtype_mismatch(zoo, tmp_path):
     refused(zoo, tmp_path / "out", [bad], match="half: parameter .* has dtype F16, the base F32")
 
 
-def test_refuses_two_owners_of_one_parameter(zoo, tmp_path):
+def test_refuses_two_owners_of_one_parameter(zoo, tmp_path, make_specialist):
     second = make_specialist(zoo["base"], tmp_path / "audio2", "audio", 11)
     refused(zoo, tmp_path / "out", [zoo["audio"], second], match=r"both for plugin 'audio', which owns 'adapters.audio")
 

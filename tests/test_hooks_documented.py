@@ -4,6 +4,7 @@ In the style of datasette's test_docs.py: adding a hookspec without a doc sectio
 """
 from __future__ import annotations
 
+import ast
 import inspect
 import re
 import types
@@ -48,10 +49,35 @@ def test_every_hook_section_is_a_hook():
     assert "register_plugin: plugins without a package" in doc_sections()
 
 
+def hook_uses(source: str) -> set[str]:
+    """Hooks a test module implements (a function of that name decorated with a hookimpl) or calls
+    (`....hook.NAME(...)`); a mention in a comment or a string does not count."""
+    used = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and any(
+            "hookimpl" in ast.unparse(decorator) for decorator in node.decorator_list
+        ):
+            used.add(node.name)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and isinstance(
+            node.func.value, ast.Attribute
+        ) and node.func.value.attr == "hook":
+            used.add(node.func.attr)
+    return used
+
+
+def test_hook_uses_ignore_comments_and_strings():
+    source = ("# omnisdk_register_commands in a comment\nNOTE = 'omnisdk_recovery_plan'\n"
+              "@hookimpl\ndef omnisdk_register_modalities(register): ...\n"
+              "pm.hook.omnisdk_detect_modality(item=None, modalities={})\n")
+    assert hook_uses(source) == {"omnisdk_register_modalities", "omnisdk_detect_modality"}
+
+
 @pytest.mark.parametrize("hook", HOOKS)
 def test_hook_is_used_by_a_test(hook):
     others = [p for p in (REPO / "tests").rglob("*.py") if p.resolve() != Path(__file__).resolve()]
-    assert any(hook in p.read_text() for p in others), f"no test under tests/ (other than this file) uses {hook}"
+    assert any(hook in hook_uses(p.read_text()) for p in others), (
+        f"no test under tests/ (other than this file) implements or calls {hook}"
+    )
 
 
 def plugin_module(name: str, **functions) -> types.ModuleType:
@@ -91,3 +117,21 @@ def test_plugins_env_limits_the_loaded_entry_points(monkeypatch):
     monkeypatch.delenv(PLUGINS_ENV)
     reset_plugin_manager()
     assert {"text", "image"} <= set(modality_classes())
+
+
+def test_builtin_commands_register_through_the_hook_before_third_party_ones():
+    from omnisdk.cli import build_parser
+    from omnisdk.plugin_manager import BUILTIN_COMMANDS, register_builtin_commands
+
+    class Extra:
+        @hookimpl
+        def omnisdk_register_commands(self, subparsers):
+            subparsers.add_parser("extra-command")
+
+    register_plugin(Extra(), name="extra")
+    pm = register_builtin_commands()
+    implementers = {impl.plugin_name for impl in pm.hook.omnisdk_register_commands.get_hookimpls()}
+    assert set(BUILTIN_COMMANDS) | {"extra"} == implementers
+    commands = list(next(a for a in build_parser()._actions if a.dest == "command").choices)
+    assert commands[:4] == ["plugins", "init", "embed", "info"] and commands[-1] == "extra-command"
+    assert {"fuse", "datasets", "train", "demo", "pipeline", "eval", "index", "search", "app"} <= set(commands)

@@ -6,7 +6,6 @@ called directly on what the checkpoint's own processor and chat template make of
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,8 @@ from omnisdk.eval.runner import evaluate
 from omnisdk.items import Item
 from omnisdk.model import OmniModel
 from omnisdk.presets import build_base
-from tests import pretrained_parts as parts
+import pretrained_parts as parts
+from media.eval_data import write_vqa_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = ROOT / "examples" / "media" / "red-circle.png"
@@ -117,29 +117,6 @@ def test_a_dataset_record_with_text_and_path_is_an_interleaved_query(tiny, tmp_p
     asked = tiny.encode([query], role="query")[0]
     plain = tiny.encode([Item.of_file(query.path, "image")], role="query")[0]
     assert float(asked @ plain) < 0.999
-
-
-COLOURS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 60, 220)}
-
-
-def write_vqa_dataset(root: Path) -> Path:
-    """MMEB-style: an image with a question retrieves the answer text."""
-    from PIL import Image
-
-    (root / "img").mkdir(parents=True)
-    corpus, queries = [], []
-    for colour, rgb in COLOURS.items():
-        Image.new("RGB", (24, 24), rgb).save(root / "img" / f"{colour}.png")
-        corpus.append({"_id": f"a_{colour}", "modality": "text", "text": colour})
-        queries.append({"_id": f"q_{colour}", "modality": "image", "path": f"img/{colour}.png",
-                        "text": "What colour is the square?", "task": "vqa"})
-    (root / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in corpus))
-    (root / "queries.jsonl").write_text("".join(json.dumps(r) + "\n" for r in queries))
-    (root / "qrels").mkdir()
-    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"q_{c}\ta_{c}\t1\n" for c in COLOURS))
-    tasks = {"vqa": {"query_modality": "image", "corpus_modality": "text", "description": "image + question -> answer"}}
-    (root / "dataset.json").write_text(json.dumps({"name": "vqa", "tasks": tasks}))
-    return root
 
 
 def _pil():

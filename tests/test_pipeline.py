@@ -16,39 +16,6 @@ from omnisdk.pipeline.config import PRESETS, load_config
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["base", "aligned", "specialist:image", "specialist:video", "specialist:document", "specialist:audio",
           "fused", "recovered", "rehearsed", "joint"]
-# The tiny preset with fewer steps: the same stages, a third of the time.
-QUICK = """
-name = "quick"
-base_preset = "tiny"
-[data]
-omniworld_size = "tiny"
-[train]
-batch_size = 6
-checkpoint_every = 2
-learning_rate = 1e-3
-[align]
-steps = 4
-[specialist.image]
-steps = 6
-[specialist.video]
-steps = 4
-[specialist.document]
-steps = 4
-[specialist.audio]
-# Long enough that the test sees a checkpoint (steps are fast once inputs are cached) and kills the run.
-steps = 30
-[fusion]
-method = "ties"
-density = 0.5
-[recovery]
-steps = 4
-learning_rate = 3e-3
-[rehearsal]
-steps = 3
-learning_rate = 1e-4
-[joint]
-steps = 8
-"""
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -65,9 +32,8 @@ def test_bad_config_is_one_line_naming_the_field(tmp_path, capsys):
     assert "fusion.density" in err and len(err.strip().splitlines()) == 1
 
 
-def test_pipeline_runs_every_stage_resumes_after_a_kill_and_skips_finished_stages(tmp_path, capsys):
-    config = tmp_path / "quick.toml"
-    config.write_text(QUICK)
+def test_pipeline_runs_every_stage_resumes_after_a_kill_and_skips_finished_stages(tmp_path, capsys, quick_pipeline):
+    config = quick_pipeline(tmp_path / "quick.toml")
     out = tmp_path / "run"
     # A real kill: the first run dies once the audio specialist has its first checkpoint.
     proc = subprocess.Popen([sys.executable, "-m", "omnisdk", "pipeline", "run", str(config), "--out", str(out)],

@@ -17,7 +17,7 @@ from torch import nn
 
 import omnisdk
 from omnisdk.detect import omnisdk_detect_modality as detect
-from omnisdk.modality import dependencies_of
+from omnisdk.modality import dependencies_of, with_dependencies
 
 PROBED: set[str] = set()
 # Set up by every plugin instance, not class-level contract: the instance's settings and its model.
@@ -91,6 +91,12 @@ class Probe2(Probe):
 
     def describe_locator(self, locator: omnisdk.Locator | None) -> str:
         return "probe window"
+
+    def preview(self, item: omnisdk.Item, side: int) -> np.ndarray:
+        # A grey level from the file's number and the config's scale, the locator's start in the first row.
+        picture = np.full((4, 6, 3), int(float(item.path.read_text()) * self.config.scale), dtype=np.uint8)
+        picture[0, :, :] = int(item.locator.t0) if item.locator else 0
+        return picture
 
     def length_hint(self, item: omnisdk.Item) -> int:
         return int(item.data)  # the larger value first
@@ -202,6 +208,13 @@ def test_detection_reads_python_types_and_calls_accepts_object():
 def test_dependencies_follow_uses():
     plugins = {"probe": Probe(), "probe2": Probe2()}
     assert dependencies_of(plugins, "probe2") == ["probe2", "probe"] and dependencies_of(plugins, "probe") == ["probe"]
+    # The one walk every caller uses: transitive, each name once, safe against a cycle.
+    uses = {"a": ("b",), "b": ("c", "a"), "c": (), "d": ("c",)}
+    assert with_dependencies(["a", "d"], uses.__getitem__) == ["a", "d", "b", "c"]
+    # A preset's base and a model's plugins add the used plugins (video uses image) the same way.
+    omnisdk.register_plugin(Hooks(), name="probes")
+    model = omnisdk.OmniModel.from_preset("tiny", modalities=["probe2"])
+    assert set(model.plugins) == {"text", "probe", "probe2"}
 
 
 @probes("training")
@@ -240,7 +253,7 @@ def test_encode_orders_batches_by_length_hints(model):
 
 @probes("chunk", "describe_locator")
 def test_chunking_and_locator_words_reach_search_and_the_cli(model, tmp_path):
-    from omnisdk.cli import expand_chunks
+    from omnisdk.commands import expand_chunks
 
     path = tmp_path / "a.dat"
     path.write_text("x")
@@ -255,6 +268,26 @@ def test_chunking_and_locator_words_reach_search_and_the_cli(model, tmp_path):
         store.upsert("c", [StoredPoint("00000000-0000-0000-0000-000000000001", vector, payload)])
         hit = omnisdk.Searcher(store, "c", model, calibrate=False).search_vector(vector, limit=1)[0]
     assert hit.where == "probe window"
+
+
+@probes("preview")
+def test_the_app_draws_previews_with_the_models_plugins(model, tmp_path):
+    from PIL import Image
+
+    from omnisdk.apps.previews import PreviewCache, PreviewError
+
+    path = tmp_path / "a.dat"
+    path.write_text("50")
+    cache = PreviewCache(tmp_path / "previews", plugins=model.plugins)
+    try:
+        assert cache.modalities == {"probe2"}  # text and probe keep the default: no picture
+        picture = Image.open(cache.png(path, "probe2", omnisdk.Locator(t0=7, t1=8)))
+        assert picture.size == (6, 4) and picture.getpixel((0, 0)) == (7, 7, 7)
+        assert picture.getpixel((0, 3)) == (100, 100, 100)  # 50 x the model's scale of 2, read in the child
+        with pytest.raises(PreviewError, match="'probe' plugin draws no previews"):
+            cache.png(path, "probe")
+    finally:
+        cache.close()
 
 
 @probes("frozen")

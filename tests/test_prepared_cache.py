@@ -13,9 +13,9 @@ from PIL import Image
 from omnisdk.items import Item, Locator
 from omnisdk.prepared import PreparedCache, namespace
 from omnisdk.presets import build_base
-from tests.media.audio import write_wav
-from tests.media.pdf import write_pdf
-from tests.media.video import write_mp4
+from media.audio import write_wav
+from media.pdf import write_pdf
+from media.video import write_mp4
 
 
 @pytest.fixture(scope="module")

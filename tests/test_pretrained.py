@@ -6,7 +6,6 @@ user with internet takes once the model is cached.
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -21,14 +20,13 @@ from omnisdk import checkpoint as ckpt
 from omnisdk.errors import CheckpointError
 from omnisdk.model import OmniModel
 from omnisdk.presets import build_base
-from tests import pretrained_parts as parts
-from tests.media.audio import write_wav
+
+import pretrained_parts as parts
+from media.audio import write_wav
+from pretrained_parts import FAST, write_pairs_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 MEDIA = ROOT / "examples" / "media"
-FAST = {"batch_size": 4, "log_every": 1, "hard_negatives": 0, "steps": 3}
-
-
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
     """name -> directory of each tiny checkpoint, built once per module."""
@@ -139,37 +137,12 @@ def test_audio_window_follows_fixed_length_encoders(sources):
 
 
 # -- training, fusion and reload -----------------------------------------------------------------------------
-def _dataset(root: Path) -> Path:
-    """Text <-> image and text <-> audio pairs of real files: coloured squares and tones."""
-    from PIL import Image
-
-    (root / "media").mkdir(parents=True)
-    corpus, queries, qrels, train = [], [], ["query-id\tcorpus-id\tscore"], []
-    colours = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 230, 20)}
-    for i, (word, rgb) in enumerate(colours.items()):
-        Image.new("RGB", (40, 30), rgb).save(root / "media" / f"{word}.png")
-        write_wav(root / "media" / f"{word}.wav", 0.5, 16_000, 200 + 400 * i)
-        for modality, suffix in (("image", "png"), ("audio", "wav")):
-            doc, query = f"{modality}-{word}", f"q-{modality}-{word}"
-            corpus.append({"_id": doc, "modality": modality, "path": f"media/{word}.{suffix}"})
-            queries.append({"_id": query, "modality": "text", "text": f"a {word} {modality}", "task": f"t2{modality[0]}"})
-            qrels.append(f"{query}\t{doc}\t1")
-            train.append({"query": {"modality": "text", "text": f"a {word} {modality}"},
-                          "positive": {"modality": modality, "path": f"media/{word}.{suffix}"}, "negatives": [],
-                          "task": f"t2{modality[0]}"})
-    (root / "qrels").mkdir()
-    (root / "qrels" / "test.tsv").write_text("\n".join(qrels) + "\n")
-    for name, rows in (("corpus", corpus), ("queries", queries), ("train", train)):
-        (root / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return root
-
-
 @pytest.mark.parametrize("backbone", [None, "qwen2"])
 def test_specialists_fuse_and_reload_with_pretrained_parts(sources, tmp_path, backbone):
     from omnisdk.fusion import fuse
     from omnisdk.trainers.stages import recover, train_specialist
 
-    data = _dataset(tmp_path / "data")
+    data = write_pairs_dataset(tmp_path / "data")
     base = build_base("tiny", modalities=["image", "audio"], backbone=str(sources[backbone]) if backbone else None,
                       overrides={"image": {"tower_source": str(sources["clip"])},
                                  "audio": {"encoder": "hf", "encoder_source": str(sources["whisper"])}})

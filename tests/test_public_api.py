@@ -71,3 +71,55 @@ def test_services_take_the_store_then_the_collection_and_remember_the_model_dire
         with pytest.warns(DeprecationWarning, match=r"Indexer\(store, collection, model\)"):
             old = omnisdk.Indexer(model, store, "c", progress=False)
         assert (old.store, old.collection, old.model) == (store, "c", model)
+
+
+# -- docstrings: every public name, and Args/Returns/Raises where a caller needs them -----------------------------
+def _doc(value) -> str:
+    """The object's own docstring: a class's, not one inherited from a base class or the marker's type."""
+    return (value.__dict__.get("__doc__") if isinstance(value, type) else value.__doc__) or ""
+
+
+@pytest.mark.parametrize("name", [n for n in omnisdk.__all__ if not n.startswith("__")])
+def test_every_public_name_has_a_docstring(name):
+    assert len(_doc(getattr(omnisdk, name)).strip()) > 20, f"omnisdk.{name} has no docstring"
+
+
+# The services and the model's entry points: (object, attribute or None for the object itself, sections).
+SERVICES = [
+    ("open_store", None, ("Args:", "Returns:", "Raises:")),
+    ("Indexer", None, ("Args:", "Raises:")),
+    ("Indexer", "index", ("Args:", "Returns:", "Raises:")),
+    ("Searcher", None, ("Args:", "Raises:")),
+    ("Searcher", "search", ("Args:", "Returns:", "Raises:")),
+    ("fuse", None, ("Args:", "Returns:", "Raises:")),
+    ("train_specialist", None, ("Args:", "Returns:", "Raises:")),
+    ("align", None, ("Args:", "Returns:", "Raises:")),
+    ("Pipeline", None, ("Args:", "Raises:")),
+    ("Pipeline", "run", ("Returns:",)),
+    ("OmniModel", "load", ("Args:", "Returns:", "Raises:")),
+    ("OmniModel", "encode", ("Args:", "Returns:", "Raises:")),
+    ("OmniModel", "from_preset", ("Args:", "Returns:", "Raises:")),
+    ("ModalityPlugin", None, ("Attributes:", "Args:", "Raises:")),
+]
+
+
+@pytest.mark.parametrize(("name", "attribute", "sections"), SERVICES, ids=lambda v: v if isinstance(v, str) else None)
+def test_services_document_their_arguments_results_and_errors(name, attribute, sections):
+    value = getattr(omnisdk, name)
+    doc = _doc(getattr(value, attribute) if attribute else value)
+    missing = [s for s in sections if s not in doc]
+    assert not missing, f"omnisdk.{name}{'.' + attribute if attribute else ''} lacks {missing}"
+
+
+def test_every_plugin_hook_documents_its_arguments_and_result():
+    """The ModalityPlugin methods a plugin may write: Args for what it gets, Returns for what it gives back."""
+    import inspect
+
+    for name, member in vars(omnisdk.ModalityPlugin).items():
+        function = member.__func__ if isinstance(member, classmethod) else member
+        if name.startswith("_") or not inspect.isfunction(function):
+            continue
+        doc, params = function.__doc__ or "", list(inspect.signature(function).parameters)[1:]
+        assert doc.strip(), f"ModalityPlugin.{name} has no docstring"
+        assert not params or "Args:" in doc, f"ModalityPlugin.{name} does not document {params}"
+        assert name == "bind" or "Returns:" in doc, f"ModalityPlugin.{name} does not say what it returns"

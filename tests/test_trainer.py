@@ -22,41 +22,15 @@ from omnisdk.trainers.contrastive import warmup_cosine
 from omnisdk.trainers.data import BatchSchedule, PairPool, modality_mix, per_batch_counts, turn_order
 from omnisdk.trainers.info_nce import info_nce
 from omnisdk.trainers.stages import recover, rehearse, train_specialist
-from tests.media.audio import tone
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"batch_size": 4, "log_every": 1, "hard_negatives": 1}
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, make_trainer_data):
     """A tiny base model and a dataset with image pairs (OmniWorld scenes and digits) and audio pairs (tones)."""
-    from omnisdk.datasets.omniworld.build import make_omniworld
-    from omnisdk.presets import build_base
-
-    root = tmp_path_factory.mktemp("trainer")
-    data = root / "data"
-    make_omniworld(data, domains=("scenes", "digits"))
-    _add_tone_pairs(data)
-    base = root / "base"
-    build_base("tiny").save(base)
-    return {"root": root, "data": data, "base": base}
-
-
-def _add_tone_pairs(data: Path) -> None:
-    """Append text -> WAV pairs: 'a low tone' / 'a high tone' at a few pitches."""
-    import soundfile as sf
-
-    (data / "tones").mkdir()
-    rows = []
-    for i, freq in enumerate([220, 260, 300, 1800, 2000, 2400, 600, 700]):
-        path = data / "tones" / f"t{i}.wav"
-        sf.write(path, tone(0.5, 16_000, freq), 16_000, subtype="PCM_16")
-        word = "low" if freq < 500 else "high" if freq > 1000 else "medium"
-        rows.append({"query": {"modality": "text", "text": f"a {word} tone"},
-                     "positive": {"modality": "audio", "path": f"tones/t{i}.wav"}, "negatives": [], "task": "t2a"})
-    with open(data / "train.jsonl", "a") as fh:
-        fh.writelines(json.dumps(r) + "\n" for r in rows)
+    return make_trainer_data(tmp_path_factory.mktemp("trainer"))
 
 
 def test_info_nce_matches_a_hand_computed_value():

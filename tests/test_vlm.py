@@ -20,10 +20,10 @@ from omnisdk.errors import CheckpointError
 from omnisdk.items import Item, Locator
 from omnisdk.model import OmniModel
 from omnisdk.presets import build_base
-from tests import pretrained_parts as parts
-from tests.media.pdf import write_pdf
-from tests.media.video import write_mp4
-from tests.test_pretrained import FAST, _dataset
+import pretrained_parts as parts
+from media.pdf import write_pdf
+from media.video import write_mp4
+from pretrained_parts import FAST, write_pairs_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 MEDIA = ROOT / "examples" / "media"
@@ -133,7 +133,7 @@ def test_align_specialists_fuse_recover_index_and_search_on_a_vision_language_ba
     from omnisdk.store import open_store
     from omnisdk.trainers.stages import align, recover, train_specialist
 
-    data = _dataset(tmp_path / "data")  # text <-> image and text <-> audio pairs
+    data = write_pairs_dataset(tmp_path / "data")  # text <-> image and text <-> audio pairs
     base = build_base("tiny", modalities=["image", "audio"], backbone=str(sources["qwen2_vl"]),
                       overrides={"image": {"vlm_max_pixels": 16 * 16}})
     base.save(tmp_path / "base")

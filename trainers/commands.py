@@ -15,8 +15,15 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from omnisdk.hookspecs import hookimpl
 from omnisdk.precision import DEVICE_HELP
 from omnisdk.prepared.flags import add_cache_flags, cache_from
+
+
+@hookimpl(tryfirst=True)  # built-in commands come first in `omnisdk --help`, third-party ones after
+def omnisdk_register_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add `train`, `align`, `recover`, `rehearse` and `warmup`."""
+    add_commands(subparsers)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

@@ -36,7 +36,28 @@ CacheSpec = Any
 def train_specialist(base: str | Path, plugin: str, data: str | Path | Dataset, out: str | Path,
                      overrides: dict[str, Any] | None = None, *, show_progress: bool | None = None,
         cache: CacheSpec = "default", device: str | None = None) -> TrainResult:
-    """Train the `plugin` specialist: backbone and the plugin's (and its dependencies') adapters."""
+    """Train the `plugin` specialist: backbone and the plugin's (and its dependencies') adapters.
+
+    Settings start from the plugin's `training` defaults; a run killed part-way resumes from `out`.
+
+    Args:
+        base: the (aligned) base checkpoint every specialist starts from.
+        plugin: the modality to specialise in ("image", "audio", ...).
+        data: a dataset directory (or a loaded Dataset) with `train.jsonl` pairs of that modality.
+        out: the specialist's checkpoint directory.
+        overrides: TrainConfig fields (steps, batch_size, learning_rate, lora, quotas, ...) over the defaults.
+        show_progress: a progress bar (None: on a terminal only).
+        cache: the prepared-input cache: "default" (the user cache dir or $OMNISDK_CACHE_DIR), a directory,
+            or None to decode inputs at every step.
+        device: "cpu", "cuda", "cuda:N" or None (CUDA if available; under torchrun, this rank's GPU).
+
+    Returns:
+        A TrainResult: the checkpoint directory written, the losses, steps and timings.
+
+    Raises:
+        OmniError: the base has no such plugin, or the data no pairs of it.
+        pydantic.ValidationError: an override that is not a TrainConfig field, or out of range.
+    """
     from omnisdk.model import OmniModel
 
     world = init_world()
@@ -73,6 +94,23 @@ def align(base: str | Path, data: str | Path | Dataset, out: str | Path,
 
     Batches hold every modality with pairs at an equal share (override with `quotas`), so each
     fresh tower learns to land in the backbone's text space before any specialist diverges from it.
+
+    Args:
+        base: the base checkpoint (`omnisdk init`, `OmniModel.from_preset(...).save(...)`).
+        data: a dataset directory (or a loaded Dataset) with `train.jsonl` pairs.
+        out: the aligned checkpoint directory, the base for the specialists.
+        overrides: TrainConfig fields (steps, batch_size, learning_rate, lora, quotas, ...) over the defaults.
+        show_progress: a progress bar (None: on a terminal only).
+        cache: the prepared-input cache: "default" (the user cache dir or $OMNISDK_CACHE_DIR), a directory,
+            or None to decode inputs at every step.
+        device: "cpu", "cuda", "cuda:N" or None (CUDA if available; under torchrun, this rank's GPU).
+
+    Returns:
+        A TrainResult: the checkpoint directory written, the losses, steps and timings.
+
+    Raises:
+        OmniError: a `lora` setting (alignment keeps the backbone frozen), or no pairs to train on.
+        pydantic.ValidationError: an override that is not a TrainConfig field, or out of range.
     """
     from omnisdk.model import OmniModel
 

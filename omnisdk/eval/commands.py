@@ -6,9 +6,16 @@ import sys
 from pathlib import Path
 
 from omnisdk.errors import OmniError
+from omnisdk.hookspecs import hookimpl
 from omnisdk.precision import add_compute_arguments, compute_from
 
 BASELINE_CHOICES = ("random", "oracle")
+
+
+@hookimpl(tryfirst=True)  # built-in commands come first in `omnisdk --help`, third-party ones after
+def omnisdk_register_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add `eval` and `eval-compare`."""
+    register_eval_commands(subparsers)
 
 
 def register_eval_commands(sub: argparse._SubParsersAction) -> None:

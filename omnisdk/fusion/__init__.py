@@ -32,9 +32,30 @@ def fuse(
     statistics: str = "base",
     progress: bool | None = None,
 ) -> FusionReport:
-    """Plan (refusing bad inputs before writing anything), then write the fused checkpoint to `out`.
+    """Fuse specialists of one base: merge the task vectors of shared parameters, copy owned ones.
 
-    `statistics="base"` keeps the base's BatchNorm running statistics; "merge" merges them like weights."""
+    Everything is checked from manifests and tensor headers before anything is written; then the fused
+    checkpoint is streamed to `out`, tensor by tensor.
+
+    Args:
+        base: the checkpoint every specialist was trained from.
+        specialists: specialist checkpoints, one per modality (a plugin's owned parameters come from its own).
+        method: a registered merge method: "task_arithmetic", "ties", "dare_ties", "dare_linear", or a plugin's.
+        out: the new checkpoint directory.
+        weights: one weight per specialist, in order (default: all 1).
+        density: the fraction of each task vector that ties and dare keep.
+        lam: the scale of the merged task vector.
+        seed: the seed of dare's random drops.
+        statistics: "base" keeps the base's BatchNorm running statistics; "merge" merges them like weights.
+        progress: a progress bar (None: on a terminal only).
+
+    Returns:
+        A FusionReport: per-plugin counts of merged, copied and kept parameters, warnings, the new fingerprint.
+
+    Raises:
+        FusionError: a specialist of another base, mismatched shapes or dtypes, two specialists of one plugin,
+            an unknown method or a bad option; raised before `out` exists.
+    """
     plan = plan_fusion(base, specialists, method=method, out=out, weights=weights, density=density, lam=lam, seed=seed,
                        statistics=statistics)
     return run_fusion(plan, progress=progress)

@@ -5,7 +5,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from omnisdk.hookspecs import hookimpl
 from omnisdk.precision import DEVICE_HELP, resolve_device
+
+
+@hookimpl(tryfirst=True)  # built-in commands come first in `omnisdk --help`, third-party ones after
+def omnisdk_register_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add `pipeline run` and `pipeline show`."""
+    add_commands(subparsers)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

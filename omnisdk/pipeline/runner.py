@@ -39,6 +39,25 @@ log = logging.getLogger(__name__)
 
 
 class Pipeline:
+    """Decouple, fuse, recover end to end: data, base, (warm-up), align, specialists, fusion, drift check,
+    recovery, rehearsal (and the joint baseline), each stage evaluated as soon as it exists.
+
+        config = omnisdk.PipelineConfig.model_validate(...)   # or omnisdk.pipeline.config.load_config("tiny")
+        report = omnisdk.Pipeline(config, "runs/tiny").run()
+
+    A stage whose checkpoint is complete is skipped, so a killed run resumes where it stopped.
+
+    Args:
+        config: the run's settings (a preset or a TOML file through `load_config`).
+        out: the run's directory: data, one checkpoint per stage, report.md / report.json / report.png.
+        say: where progress lines go (default print).
+        show_progress: progress bars (None: on a terminal only).
+        device: "cpu", "cuda" or None (CUDA if available) for every stage's training and evaluation.
+
+    Raises:
+        OmniError: (from `run`) a stage fails; its message names the stage, and the finished ones are kept.
+    """
+
     def __init__(self, config: PipelineConfig, out: str | Path, *, say: Callable[[str], None] = print,
                  show_progress: bool | None = None, device: str | None = None):
         self.config, self.out, self.say, self.show_progress = config, Path(out), say, show_progress
@@ -51,7 +70,11 @@ class Pipeline:
 
     # -- stages -------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        """Every stage, each evaluated as soon as it exists; report.* is rewritten after each evaluation."""
+        """Every stage, each evaluated as soon as it exists; report.* is rewritten after each evaluation.
+
+        Returns:
+            The report as a dict: per stage, per task and per modality metrics, the drift check, timings.
+        """
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.json").write_text(self.config.model_dump_json(indent=2))
         self.reports: dict[str, EvalReport] = {}

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from omnisdk.errors import OmniError
+from omnisdk.hookspecs import hookimpl
 from omnisdk.items import printable
 from omnisdk.precision import add_compute_arguments, compute_from
 
@@ -14,6 +15,12 @@ EXIT_ITEMS_FAILED = 3  # as omnisdk.cli: some files failed, the rest was done
 STORE_HELP = ("where the vectors live: a directory (Qdrant Edge, embedded; default ./.omnisdk), http(s)://HOST:PORT "
               "(a Qdrant server; API key from QDRANT_API_KEY), :memory: or local:PATH (qdrant-client local mode)")
 QUERY_FILES = ("image", "audio", "video", "document")
+
+
+@hookimpl(tryfirst=True)  # built-in commands come first in `omnisdk --help`, third-party ones after
+def omnisdk_register_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add `index`, `search` and `collections`."""
+    add_commands(subparsers)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

@@ -175,6 +175,21 @@ class Indexer:
     $OMNISDK_DECODE_WORKERS; 0: decode and embed in turn); the points are the same either way.
     `on_event(name, info)` is called after each store write ("upsert", "delete", "prune") and
     after each file ("file"): for progress displays and for tests that stop a run at a given write.
+
+    Args:
+        store: where the vectors go (`omnisdk.open_store(...)`).
+        collection: the collection's name; created on first use.
+        model: the OmniModel that embeds the files; a collection holds one model's vectors only.
+        model_dir: the model's checkpoint directory recorded in the collection (default `model.directory`).
+        batch_size: chunks embedded per forward pass.
+        upsert_batch_size: points written to the store per call.
+        error_log: a JSON-lines file that gets one line per file that failed.
+        progress: see above.
+        on_event: see above.
+
+    Raises:
+        OmniError: a batch size below 1.
+        FingerprintMismatchError: the collection was indexed with another model.
     """
 
     def __init__(
@@ -218,6 +233,18 @@ class Indexer:
         """Index every file under `paths` (files or folders) that `rules` select; see the module docstring.
 
         The roots and rules are recorded in the collection's metadata before anything is written.
+        Unchanged files are skipped, changed ones replaced; a file that fails is reported, the rest goes on.
+
+        Args:
+            paths: files and folders to index.
+            prune: also delete the points of files under `paths` that are gone (or that `rules` now leave out).
+            rules: which files a walk takes (include / exclude globs, ignore files, a size cap); default: all.
+
+        Returns:
+            An IndexReport: files indexed, skipped and failed (each with its cause), chunks, timings.
+
+        Raises:
+            OmniError: no paths, or a path that does not exist (without `prune`).
         """
         start = time.perf_counter()
         self._timer = PhaseTimer()

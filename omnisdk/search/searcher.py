@@ -98,7 +98,23 @@ class SearchHit:
 
 
 class Searcher:
-    """Search one collection of a store; see the module docstring."""
+    """Search one collection of a store with the model that indexed it; see the module docstring.
+
+    Args:
+        store: the store holding the collection (`omnisdk.open_store(...)`).
+        collection: the collection's name.
+        model: the OmniModel that indexed it; None loads the one the collection records (or `model_dir`).
+        model_dir: a checkpoint directory to load instead of the recorded one.
+        device: where a loaded model runs (default: CUDA if available).
+        exact: exact (brute-force) search instead of the index; None lets the store decide.
+        precision: a loaded model's precision ("fp32", "bf16", ...).
+        calibrate: rank mixed-modality results with the per-modality score calibration.
+
+    Raises:
+        StoreError: no such collection.
+        OmniError: no model given and none recorded (or its directory is gone).
+        FingerprintMismatchError: `model` is not the one that indexed the collection.
+    """
 
     def __init__(
         self, store: Store, collection: str, model: OmniModel | None = None, *, model_dir: str | Path | None = None,
@@ -150,7 +166,20 @@ class Searcher:
     def search(
         self, query: str | Path | Item, *, limit: int = 10, modalities: str | Sequence[str] | None = None
     ) -> list[SearchHit]:
-        """The `limit` best chunks for the query, best first, optionally only of some modalities."""
+        """The `limit` best chunks for the query, best first, optionally only of some modalities.
+
+        Args:
+            query: text, a file path (an image, audio, ... query), or an Item.
+            limit: how many hits, at least 1.
+            modalities: only hits of this modality (or these); None for all.
+
+        Returns:
+            SearchHits, best first: score, modality, source file, locator (page, time span, lines), payload.
+
+        Raises:
+            OmniError: `limit` below 1, or a modality the model does not embed.
+            ItemErrors: the query itself cannot be embedded (an unreadable file).
+        """
         modalities = self._check_modalities(modalities)
         return self.search_vector(self.encode_query(query), limit=limit, modalities=modalities)
 

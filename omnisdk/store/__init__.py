@@ -64,7 +64,19 @@ __all__ = [
 
 
 def open_store(spec: str | Path | Store | Any | None = None) -> Store:
-    """The store a spec names; see the module docstring. A Store or a QdrantClient passes through."""
+    """Open the vector store a spec names (see the module docstring); use it as a context manager.
+
+    Args:
+        spec: None or "" (Qdrant Edge in ./.omnisdk), a directory or `edge:PATH` (Qdrant Edge, embedded),
+            `local:PATH` or `:memory:` (qdrant-client's local mode), `http(s)://HOST:PORT` (a Qdrant server;
+            the API key from QDRANT_API_KEY), a `qdrant_client.QdrantClient`, or a Store (passed through).
+
+    Returns:
+        A Store: collections with their model's fingerprint, upserts, queries, deletes.
+
+    Raises:
+        StoreError: the spec names no kind of store, or the store cannot be opened (in use, unreachable).
+    """
     from omnisdk.store.client import ClientStore
     from omnisdk.store.edge import EdgeStore
 

@@ -1,6 +1,7 @@
 """Real audio files for tests, written with soundfile: tones, ramps, and broken files of known kinds."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -62,3 +63,19 @@ def write_text_as_audio(path: Path) -> Path:
     """A text file with an audio extension."""
     path.write_text("this is not audio, only text with a .wav name\n")
     return path
+
+
+def add_tone_pairs(data: Path) -> None:
+    """Append text -> WAV pairs: 'a low tone' / 'a high tone' at a few pitches."""
+    import soundfile as sf
+
+    (data / "tones").mkdir()
+    rows = []
+    for i, freq in enumerate([220, 260, 300, 1800, 2000, 2400, 600, 700]):
+        path = data / "tones" / f"t{i}.wav"
+        sf.write(path, tone(0.5, 16_000, freq), 16_000, subtype="PCM_16")
+        word = "low" if freq < 500 else "high" if freq > 1000 else "medium"
+        rows.append({"query": {"modality": "text", "text": f"a {word} tone"},
+                     "positive": {"modality": "audio", "path": f"tones/t{i}.wav"}, "negatives": [], "task": "t2a"})
+    with open(data / "train.jsonl", "a") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in rows)

@@ -68,3 +68,27 @@ def write_eval_dataset(root: Path, *, corrupt_image: bool = False, shared_captio
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+#: The squares of the VQA dataset: an image with a question retrieves its colour's name.
+VQA_COLOURS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 60, 220)}
+
+
+def write_vqa_dataset(root: Path) -> Path:
+    """MMEB-style: an image with a question retrieves the answer text."""
+    from PIL import Image
+
+    (root / "img").mkdir(parents=True)
+    corpus, queries = [], []
+    for colour, rgb in VQA_COLOURS.items():
+        Image.new("RGB", (24, 24), rgb).save(root / "img" / f"{colour}.png")
+        corpus.append({"_id": f"a_{colour}", "modality": "text", "text": colour})
+        queries.append({"_id": f"q_{colour}", "modality": "image", "path": f"img/{colour}.png",
+                        "text": "What colour is the square?", "task": "vqa"})
+    (root / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in corpus))
+    (root / "queries.jsonl").write_text("".join(json.dumps(r) + "\n" for r in queries))
+    (root / "qrels").mkdir()
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"q_{c}\ta_{c}\t1\n" for c in VQA_COLOURS))
+    tasks = {"vqa": {"query_modality": "image", "corpus_modality": "text", "description": "image + question -> answer"}}
+    (root / "dataset.json").write_text(json.dumps({"name": "vqa", "tasks": tasks}))
+    return root

@@ -171,6 +171,21 @@ def to_grid_tensor(values: np.ndarray, config: HeatmapConfig) -> torch.Tensor:
     return nn.functional.adaptive_avg_pool2d(tensor, (config.grid_rows, config.grid_cols))[0]
 
 
+def heat_picture(values: np.ndarray, side: int) -> np.ndarray:
+    """uint8 RGB [rows, cols, 3]: low cells blue, the mean white, high cells red; small grids scaled up.
+
+    Plain numpy, no torch: the app draws previews in a child process, where torch must not run.
+    """
+    mean, std = np.nanmean(values), np.nanstd(values)
+    level = np.clip(np.nan_to_num((values - mean) / (std if std > 0 else 1.0)) / 3.0, -1.0, 1.0)
+    white = 255.0 * (1.0 - np.abs(level))
+    red = np.where(level > 0, 255.0, white)
+    blue = np.where(level < 0, 255.0, white)
+    picture = np.stack([red, white, blue], axis=-1).astype(np.uint8)
+    scale = max(1, side // max(picture.shape[:2]))
+    return picture.repeat(scale, axis=0).repeat(scale, axis=1)
+
+
 # -- the adapter ----------------------------------------------------------------------------------
 class HeatmapAdapter(nn.Module):
     """Patch embedding (a strided convolution) + learned positions -> projection to the backbone width."""
@@ -245,6 +260,10 @@ class HeatmapPlugin(omnisdk.ModalityPlugin):
         rate = self.config.sample_rate
         return [item.with_locator(omnisdk.Locator(t0=s / rate, t1=min(s + size, rows) / rate))
                 for s in range(0, rows, size)]
+
+    def preview(self, item: omnisdk.Item, side: int) -> np.ndarray:
+        """The grid (or the hit's window of it) as a blue-white-red picture for the app's result card."""
+        return heat_picture(window(self.read(item), item.locator, self.config.sample_rate), side)
 
     def describe_locator(self, locator: omnisdk.Locator | None) -> str:
         if locator is None or locator.t0 is None:
