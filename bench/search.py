@@ -147,7 +147,7 @@ def _bench_searcher(store, queries, filters, row_of):
     refresh_calibration(store, "bench", method=CALIBRATION["method"], platt=platt)
     refresh_s = time.perf_counter() - t0
     # search_vector needs no encoder: a stand-in with the collection's fingerprint and no plugins
-    model = SimpleNamespace(fingerprint="0" * 64, plugins={})
+    model = SimpleNamespace(fingerprint="0" * 64, plugins={}, embedding_kind="single", aspect_count=0)
     searchers = {"raw": Searcher(store, "bench", model, calibrate=False), "calibrated": Searcher(store, "bench", model)}
     out = {name: {} for name in searchers}
     for label, flt in (("plain", [None] * len(queries)), ("filtered", filters)):
