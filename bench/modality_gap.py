@@ -1,11 +1,12 @@
 """The modality gap on OmniWorld's mixed tasks: nDCG@10 and top-10 modality shares per correction.
 
 Encodes the split once, then scores t2x and a2x raw and with each calibration method
-(omnisdk.search.calibration), beside the matching single-modality tasks (issue 16's targets:
+(omnisdk.search.calibration; "platt" fitted on the --fit-split queries, default dev), beside the matching single-modality tasks (issue 16's targets:
 mixed nDCG@10 at least 0.9x their mean; top-10 shares within 15 points of the relevant shares).
 Choose the method on the dev split, report on test. Not run by CI.
 
-    python bench/modality_gap.py --model MODEL --data OMNIWORLD [--split dev] [--json out.json]
+    python bench/modality_gap.py --model MODEL --data OMNIWORLD [--split dev] [--methods none,zscore,platt]
+                                 [--cache-dir PREPARED] [--json out.json]
 """
 from __future__ import annotations
 
@@ -39,14 +40,15 @@ class MemoEncoder:
         return (out, []) if return_errors else out
 
 
-def measure(model, dataset, split: str) -> list[dict]:
+def measure(model, dataset, split: str, methods=(None, *METHODS), fit_split: str = "dev") -> list[dict]:
     from omnisdk.eval.runner import evaluate
 
     encoder = MemoEncoder(model)
     tasks = [t for t in ("t2x", "a2x", *SINGLE["t2x"], *SINGLE["a2x"]) if dataset.task_queries(t, split) if t in dataset.tasks]
     rows = []
-    for method in (None, *METHODS):
-        report = evaluate(encoder, dataset, split=split, tasks=tasks, show_progress=False, calibrate=method)
+    for method in methods:
+        report = evaluate(encoder, dataset, split=split, tasks=tasks, show_progress=False, calibrate=method,
+                          fit_split=fit_split)
         by_task = {t.task: t for t in report.tasks}
         for mixed in ("t2x", "a2x"):
             if mixed not in by_task:
@@ -82,10 +84,14 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--data", required=True)
     parser.add_argument("--split", default="dev", help="comma-separated splits (choose on dev, report on test)")
+    parser.add_argument("--methods", default=",".join(("none", *METHODS)), help="comma-separated: none and calibration methods")
+    parser.add_argument("--fit-split", default="dev", help="split the 'platt' method is fitted on")
+    parser.add_argument("--cache-dir", help="prepared-input cache of the model's inputs (decoded once)")
     parser.add_argument("--json", help="also write the rows as JSON")
     args = parser.parse_args()
-    model, dataset = OmniModel.load(args.model), load_dataset(args.data)
-    rows = [row for split in args.split.split(",") for row in measure(model, dataset, split)]
+    model, dataset = OmniModel.load(args.model).use_cache(args.cache_dir), load_dataset(args.data)
+    methods = [None if m == "none" else m for m in args.methods.split(",")]
+    rows = [row for split in args.split.split(",") for row in measure(model, dataset, split, methods, args.fit_split)]
     print(table(rows))
     if args.json:
         with open(args.json, "w") as fh:

@@ -47,6 +47,9 @@ K = 10
 BACKENDS = {"edge": "Qdrant Edge", "edge-exact": "Qdrant Edge exact", "client": "qdrant-client local", "numpy": "numpy exact",
             "searcher": "Searcher (Edge exact)"}
 CALIBRATED = "Searcher calibrated (Edge exact)"
+#: --calibration: the method the calibrated searcher ranks by ("platt" with made-up slopes and biases:
+#: its cost does not depend on their values).
+CALIBRATION = {"method": "zscore"}
 
 
 def dataset(n: int, queries: int, seed: int = 0):
@@ -134,11 +137,17 @@ def _bench_searcher(store, queries, filters, row_of):
     from omnisdk.search import Searcher
     from omnisdk.search.calibration import refresh_calibration
 
+    from omnisdk.search.platt import PlattParams
+
+    platt = None
+    if CALIBRATION["method"] == "platt":
+        platt = PlattParams(per_query={"text": {m: (10.0 + i, -3.0 - i) for i, m in enumerate(MODALITIES)}},
+                            pooled={"text": (10.0, -3.0)})
     t0 = time.perf_counter()
-    refresh_calibration(store, "bench")
+    refresh_calibration(store, "bench", method=CALIBRATION["method"], platt=platt)
     refresh_s = time.perf_counter() - t0
     # search_vector needs no encoder: a stand-in with the collection's fingerprint and no plugins
-    model = SimpleNamespace(fingerprint="0" * 64, plugins={})
+    model = SimpleNamespace(fingerprint="0" * 64, plugins={}, embedding_kind="single", aspect_count=0)
     searchers = {"raw": Searcher(store, "bench", model, calibrate=False), "calibrated": Searcher(store, "bench", model)}
     out = {name: {} for name in searchers}
     for label, flt in (("plain", [None] * len(queries)), ("filtered", filters)):
@@ -240,8 +249,11 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--client-queries", type=int, help="queries timed on qdrant-client local mode (default: --queries)")
     parser.add_argument("--backends", default=",".join(BACKENDS), help=f"comma-separated, of: {', '.join(BACKENDS)}")
+    parser.add_argument("--calibration", choices=("zscore", "center", "platt"), default="zscore",
+                        help="the calibrated searcher's method (default zscore)")
     parser.add_argument("--json", help="also write the rows as JSON to this file")
     args = parser.parse_args()
+    CALIBRATION["method"] = args.calibration
     rows = run([int(s) for s in args.sizes.split(",")], args.queries, args.backends.split(","), args.client_queries)
     print(table(rows))
     print("\n".join(calibration_cost(rows)))

@@ -40,9 +40,15 @@ def register_eval_commands(sub: argparse._SubParsersAction) -> None:
                    "model embeds (default: up to 4, or $OMNISDK_DECODE_WORKERS; 0: decode and embed in turn)")
     p.add_argument("--label", help="name of the model in the report (default: the checkpoint directory's name)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
-    p.add_argument("--calibrate", choices=("zscore", "center"),
+    p.add_argument("--calibrate", choices=("zscore", "center", "platt"),
                    help="score mixed-modality pools (t2x, a2x) with the query-time modality correction that "
-                   "`omnisdk search` applies, fitted on the pool (default: raw cosine)")
+                   "`omnisdk search` applies, fitted on the pool (default: raw cosine); 'platt' is fitted on the "
+                   "judged queries of --fit-split")
+    p.add_argument("--fit-split", default="dev",
+                   help="split whose judged mixed-task queries --calibrate platt is fitted on (default: dev)")
+    p.add_argument("--save-calibration", action="store_true",
+                   help="with --calibrate platt: write the fitted parameters to the model directory "
+                   "(calibration.json), where the indexer reads them for every collection of that model")
     p.add_argument("--out", type=Path, help="write the report as JSON")
     p.add_argument("--markdown", type=Path, help="also write the Markdown table to this file")
     p.add_argument("--plot", type=Path, help="write a bar chart of hit@1 and nDCG@10 per task (PNG, SVG or PDF)")
@@ -69,12 +75,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise OmniError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.save_calibration and (args.calibrate != "platt" or args.model is None):
+        raise OmniError("--save-calibration saves a fitted 'platt' calibration with its model: "
+                        "pass --model DIR and --calibrate platt")
     dataset = load_dataset(args.data)
     tasks = select_tasks(dataset, args.split, args.tasks)  # fail on a bad task before loading a model
     encoder, label = _encoder(args, dataset)
     report = evaluate(encoder, dataset, split=args.split, tasks=tasks, batch_size=args.batch_size,
                       show_progress=not args.no_progress, label=label, calibrate=args.calibrate,
-                      decode_workers=args.decode_workers)
+                      decode_workers=args.decode_workers, fit_split=args.fit_split)
+    if args.save_calibration and "platt" in report.settings:
+        from omnisdk.search.platt import PlattParams, save_platt
+
+        saved = save_platt(PlattParams.model_validate(report.settings["platt"]), args.model)
+        print(f"omnisdk: wrote {saved} (collections indexed with this model from now on use it)", file=sys.stderr)
     text = report.to_json(args.out) if args.out else report.to_json()
     markdown = report.to_markdown()
     print(text if args.json else markdown, end="" if args.json else "\n")

@@ -44,7 +44,7 @@ def raw_top(query_vectors: np.ndarray, corpus: np.ndarray, device, scorer=None) 
 
 def calibrated_metrics(query_vectors: np.ndarray, corpus: np.ndarray, modalities: Sequence[str],
                        qrels: Sequence[Mapping[int, int]], calibration, *, tie_tolerance: float,
-                       device=None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+                       device=None, query_modality: str | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Per-query metrics and top indices [n, SHARE_CUTOFF] under `calibration` (a search.calibration.Calibration).
 
     Dense blocks of queries x pool: calibrated scores are not dot products, so the blocked
@@ -58,7 +58,7 @@ def calibrated_metrics(query_vectors: np.ndarray, corpus: np.ndarray, modalities
     for start in range(0, len(query_vectors), _BLOCK):
         q = np.asarray(query_vectors[start : start + _BLOCK], dtype=np.float32)
         raw = (torch.from_numpy(np.nan_to_num(q)).to(device or "cpu") @ corpus_t.to(device or "cpu").T).cpu().numpy()
-        scores = calibration.apply(np.nan_to_num(q), raw, labels)
+        scores = calibration.apply(np.nan_to_num(q), raw, labels, query_modality)
         scores[:, bad] = -np.inf
         scores[~np.isfinite(q).all(axis=1)] = -np.inf
         parts.append(metrics_from_scores(scores, qrels[start : start + _BLOCK], tie_tolerance=tie_tolerance))

@@ -55,13 +55,18 @@ def evaluate(
     device: str | torch.device | None = None,
     calibrate: str | None = None,
     decode_workers: int | None = None,
+    fit_split: str = "dev",
+    platt: Any = None,
 ) -> EvalReport:
     """Score `encoder` on every task (or `tasks`) of `dataset` on `split`; see the module docstring.
 
     A task whose pool holds several modalities also reports the modality share of its top 10 and of
-    its relevant items; `calibrate` ("zscore", "center": omnisdk.search.calibration) scores those
-    tasks with the query-time modality correction, fitted on the pool's vectors. One-modality pools
-    are unaffected (the correction keeps any one modality's order).
+    its relevant items; `calibrate` ("zscore", "center", "platt": omnisdk.search.calibration) scores
+    those tasks with the query-time modality correction, fitted on the pool's vectors. "platt" also
+    needs slopes and biases fitted on judged queries: `platt` (omnisdk.search.platt.PlattParams), or
+    else they are fitted on the mixed tasks' queries of `fit_split` (the dev split: choose on dev,
+    report on test; the report's `platt` field holds them). One-modality pools are unaffected (the
+    correction keeps any one modality's order).
 
     `chunk_size` and `query_chunk` bound the score blocks of the exact search (memory, not results).
     `label` names the model in the report (default: the encoder's `name`, else its class name).
@@ -76,13 +81,15 @@ def evaluate(
             raise OmniError(f"unknown calibration '{calibrate}'; choose one of: {', '.join(METHODS)}")
     names = select_tasks(dataset, split, tasks)
     cache = _VectorCache(encoder, dataset, batch_size, decode_workers)
+    if calibrate == "platt" and platt is None and cache.scorer is None:
+        platt = fit_platt_on(cache, dataset, names, fit_split)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     results = []
     with _progress(len(names), show_progress) as bar:
         for name in names:
             bar.set_postfix_str(name)
             results.append(_evaluate_task(cache, dataset, name, split, show_progress, chunk_size, query_chunk, tie_tolerance,
-                                          device, calibrate))
+                                          device, calibrate, platt))
             bar.update(1)
     report = EvalReport(
         omnisdk_version=__version__,
@@ -100,7 +107,8 @@ def evaluate(
         failures=cache.failure_list(),
         settings={"batch_size": batch_size, "tie_tolerance": tie_tolerance, "device": str(device),
                   "precision": getattr(encoder, "precision", "fp32"),
-                  **({"calibrate": calibrate} if calibrate else {})},
+                  **({"calibrate": calibrate} if calibrate else {}),
+                  **({"platt": platt.model_dump()} if calibrate == "platt" and platt is not None else {})},
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     return report
@@ -125,21 +133,50 @@ def select_tasks(dataset: Dataset, split: str, tasks: Sequence[str] | str | None
     return list(dict.fromkeys(tasks))
 
 
-def _evaluate_task(cache: _VectorCache, dataset: Dataset, task: str, split: str, show_progress: bool | None,
-                   chunk_size: int, query_chunk: int, tie_tolerance: float, device: Any,
-                   calibrate: str | None = None) -> TaskResult:
-    spec = dataset.tasks[task]
-    started = time.perf_counter()
-    pool = dataset.candidates(task)
+def _judged(dataset: Dataset, task: str, split: str, pool: Sequence[Record]) -> tuple[list[Record], list[dict[int, int]]]:
+    """The task's queries of `split` with a relevant item in the pool, and their qrels keyed by pool index."""
     position = {record.id: i for i, record in enumerate(pool)}
     judged = dataset.qrels[split]
-    judged_queries = dataset.task_queries(task, split)
     queries, qrels = [], []
-    for query in judged_queries:
+    for query in dataset.task_queries(task, split):
         row = {position[c]: g for c, g in judged[query.id].items() if g > 0 and c in position}
         if row:  # no relevant item in the pool: nothing to find, so it is skipped and counted
             queries.append(query)
             qrels.append(row)
+    return queries, qrels
+
+
+def fit_platt_on(cache: _VectorCache, dataset: Dataset, tasks: Sequence[str], split: str):
+    """omnisdk.search.platt parameters fitted on the judged queries of `split` of the mixed tasks among `tasks`."""
+    from omnisdk.search.platt import fit_platt
+
+    if split not in dataset.qrels:
+        raise OmniError(f"calibration 'platt' is fitted on split '{split}', which dataset {dataset.name} lacks "
+                        f"(splits: {', '.join(dataset.splits) or 'none'}): pass another fit split")
+    groups = []
+    for task in tasks:
+        pool = dataset.candidates(task)
+        if len({r.modality for r in pool}) < 2:
+            continue
+        queries, qrels = _judged(dataset, task, split, pool)
+        if queries:
+            corpus, _ = cache.vectors(pool, "document", False)
+            vectors, _ = cache.vectors(queries, "query", False)
+            groups.append((dataset.tasks[task].query_modality, vectors, corpus, [r.modality for r in pool], qrels))
+    if not groups:
+        raise OmniError(f"calibration 'platt' needs judged queries of a mixed-modality task in split '{split}'; "
+                        f"none of {', '.join(tasks)} has any")
+    return fit_platt(groups, fitted_on=f"{dataset.name} {split}")
+
+
+def _evaluate_task(cache: _VectorCache, dataset: Dataset, task: str, split: str, show_progress: bool | None,
+                   chunk_size: int, query_chunk: int, tie_tolerance: float, device: Any,
+                   calibrate: str | None = None, platt: Any = None) -> TaskResult:
+    spec = dataset.tasks[task]
+    started = time.perf_counter()
+    pool = dataset.candidates(task)
+    judged_queries = dataset.task_queries(task, split)
+    queries, qrels = _judged(dataset, task, split, pool)
     # Inner encode bars only where they can redraw in place (a terminal) and only for big pools.
     inner = False if show_progress is False else None
     corpus, corpus_ok = cache.vectors(pool, "document", inner)
@@ -153,7 +190,8 @@ def _evaluate_task(cache: _VectorCache, dataset: Dataset, task: str, split: str,
         calibrate = None
     shares: tuple[dict[str, float], dict[str, float]] = ({}, {})
     if queries and mixed and calibrate:
-        per_query, top = _calibrated(query_vectors, corpus, corpus_ok, pool_modalities, qrels, calibrate, tie_tolerance, device)
+        per_query, top = _calibrated(query_vectors, corpus, corpus_ok, pool_modalities, qrels, calibrate, tie_tolerance, device,
+                                     platt, spec.query_modality)
         metrics = mean_metrics({name: np.where(query_ok, values, 0.0) for name, values in per_query.items()})
         shares = modality_shares(top, pool_modalities, qrels, query_ok)
     elif queries:
@@ -179,12 +217,14 @@ def _evaluate_task(cache: _VectorCache, dataset: Dataset, task: str, split: str,
     )
 
 
-def _calibrated(query_vectors, corpus, corpus_ok, pool_modalities, qrels, method: str, tie_tolerance: float, device):
+def _calibrated(query_vectors, corpus, corpus_ok, pool_modalities, qrels, method: str, tie_tolerance: float, device,
+                platt=None, query_modality: str | None = None):
     from omnisdk.search.calibration import fit_calibration
 
-    calibration = fit_calibration(corpus[corpus_ok], [m for m, ok in zip(pool_modalities, corpus_ok) if ok], method=method)
+    calibration = fit_calibration(corpus[corpus_ok], [m for m, ok in zip(pool_modalities, corpus_ok) if ok], method=method,
+                                  platt=platt)
     return calibrated_metrics(query_vectors, corpus, pool_modalities, qrels, calibration,
-                              tie_tolerance=tie_tolerance, device=device)
+                              tie_tolerance=tie_tolerance, device=device, query_modality=query_modality)
 
 
 class _VectorCache:

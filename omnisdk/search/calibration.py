@@ -13,14 +13,17 @@ statistics come from the collection itself (a sample of its vectors), are stored
 and are refreshed by the indexer when the collection changes.
 
 Method "center" keeps only the mean (z = q.x - q.mu_m, i.e. every item minus its modality's
-centroid); "zscore" (the default) also divides by the spread. Both are, for a given query, an
+centroid); "zscore" (the default) also divides by the spread. "platt" maps the raw score to the
+log-odds of relevance with a slope and bias per (query modality, item modality), fitted on judged
+queries (omnisdk.search.platt) and recorded beside the statistics. All are, for a given query, an
 increasing affine map per modality, so:
 
 - a ranking within one modality is unchanged (a --modality filter of one modality gives the same hits);
 - the calibrated top k of several modalities is exactly the merge of each modality's raw top k
   after mapping, so search stays exact: one filtered query per modality, then a merge.
 
-Which method: chosen on the OmniWorld dev split's mixed tasks (docs/results.md, issue 16).
+Which method: chosen on the OmniWorld dev split's mixed tasks (docs/results.md, issue 16): "platt"
+when the model carries fitted parameters, else "zscore".
 """
 from __future__ import annotations
 
@@ -31,8 +34,12 @@ from typing import Iterable, Literal, Mapping, Sequence
 import numpy as np
 from pydantic import BaseModel
 
-METHODS = ("zscore", "center")
-Method = Literal["zscore", "center"]
+from omnisdk.search.platt import PlattParams
+
+METHODS = ("zscore", "center", "platt")
+Method = Literal["zscore", "center", "platt"]
+#: The query modality a bare vector is taken to have (search_vector without query_modality).
+DEFAULT_QUERY_MODALITY = "text"
 #: Vectors per modality the statistics are estimated from (the centroid's error shrinks as 1/sqrt(n)).
 DEFAULT_SAMPLE = 4096
 #: Principal directions kept per modality; the rest of the variance is spread evenly (isotropic).
@@ -74,11 +81,22 @@ class Calibration(BaseModel):
     modalities: dict[str, ModalityStats]
     points: int = 0  # the collection's size when computed: Searcher ignores statistics of another size (stale)
     computed_at: str = ""
+    platt: PlattParams | None = None  # method "platt": the fitted slopes and biases
 
-    def affine(self, queries: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """modality -> (offset [n], scale [n]) so that calibrated = (raw - offset) / scale."""
+    def affine(self, queries: np.ndarray, query_modality: str | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """modality -> (offset [n], scale [n]) so that calibrated = (raw - offset) / scale.
+
+        `query_modality` (default DEFAULT_QUERY_MODALITY) picks the "platt" parameters; a query
+        modality they do not cover is calibrated by zscore.
+        """
         q = np.asarray(queries, dtype=np.float32).reshape(-1, self.dim)
         names, means, components, variances, residual = self._stacked
+        if self.method == "platt" and self.platt is not None:
+            coefficients = self.platt.coefficients(query_modality or DEFAULT_QUERY_MODALITY, names)
+            if coefficients is not None:  # slope * raw + bias == (raw - (-bias / slope)) / (1 / slope)
+                offset = np.broadcast_to(-coefficients[:, 1] / coefficients[:, 0], (len(q), len(names)))
+                scale = np.broadcast_to(1.0 / coefficients[:, 0], (len(q), len(names)))
+                return {name: (offset[:, i], scale[:, i]) for i, name in enumerate(names)}
         offset = q @ means.T  # [n, modalities]
         if self.method == "center":
             scale = np.ones_like(offset)
@@ -107,14 +125,15 @@ class Calibration(BaseModel):
         residual = np.array([stats.residual for stats in self.modalities.values()], np.float32)
         return names, means, components.reshape(-1, self.dim), variances, residual
 
-    def apply(self, queries: np.ndarray, scores: np.ndarray, modalities: Sequence[str]) -> np.ndarray:
+    def apply(self, queries: np.ndarray, scores: np.ndarray, modalities: Sequence[str],
+              query_modality: str | None = None) -> np.ndarray:
         """Calibrated [n, m] scores of `queries` [n, dim] against items of `modalities` (raw `scores` [n, m]).
 
         An item of a modality without statistics keeps its raw score.
         """
         scores = np.array(scores, dtype=np.float32, copy=True)
         labels = np.asarray(modalities)
-        for name, (offset, scale) in self.affine(queries).items():
+        for name, (offset, scale) in self.affine(queries, query_modality).items():
             columns = labels == name
             if columns.any():
                 scores[:, columns] = (scores[:, columns] - offset[:, None]) / scale[:, None]
@@ -123,12 +142,16 @@ class Calibration(BaseModel):
 
 def fit_calibration(vectors: np.ndarray, modalities: Sequence[str], *, method: Method = "zscore",
                     rank: int = DEFAULT_RANK, prior: float = DEFAULT_PRIOR, points: int = 0,
-                    computed_at: str = "") -> Calibration:
+                    computed_at: str = "", platt: PlattParams | None = None) -> Calibration:
     """Statistics per modality from item vectors [n, dim] (non-finite rows, failed items, are ignored).
 
     Each modality's moments are shrunk toward the pooled ones by `prior` pseudo-items, so a
     modality of one or a few items (whose spread says nothing) is scored almost as the rest.
+    Method "platt" needs the fitted `platt` parameters (omnisdk.search.platt.fit_platt).
     """
+    if method == "platt" and platt is None:
+        raise ValueError("calibration method 'platt' needs fitted parameters: fit them with "
+                         "omnisdk.search.platt.fit_platt (or `omnisdk eval --calibrate platt --save-calibration`)")
     vectors = np.asarray(vectors, dtype=np.float32)
     labels = np.asarray(modalities)
     good = np.isfinite(vectors).all(axis=1)
@@ -141,7 +164,7 @@ def fit_calibration(vectors: np.ndarray, modalities: Sequence[str], *, method: M
         stats[name] = modality_stats(weight * mean + (1 - weight) * pooled[0], weight * second + (1 - weight) * pooled[1],
                                      len(rows), rank)
     return Calibration(method=method, dim=vectors.shape[1], modalities=stats, points=points or len(vectors),
-                       computed_at=computed_at)
+                       computed_at=computed_at, platt=platt if method == "platt" else None)
 
 
 def _moments(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -197,22 +220,27 @@ def sample_by_modality(points: Iterable[tuple[np.ndarray, str]], per_modality: i
 
 
 # -- with a store -------------------------------------------------------------------------------------
-def refresh_calibration(store, collection: str, *, method: Method = "zscore", per_modality: int = DEFAULT_SAMPLE,
-                        rank: int = DEFAULT_RANK) -> Calibration | None:
+def refresh_calibration(store, collection: str, *, method: Method | None = None, per_modality: int = DEFAULT_SAMPLE,
+                        rank: int = DEFAULT_RANK, platt: PlattParams | None = None) -> Calibration | None:
     """Recompute the collection's statistics from its vectors and record them in its metadata.
 
     Called by the indexer after every run that changed the collection; None (and no statistics
-    recorded) for an empty collection.
+    recorded) for an empty collection. `platt`: fitted parameters to record (default: those already
+    recorded, if any); `method` defaults to "platt" when there are some, else "zscore".
     """
     from omnisdk.store.base import now_iso
 
     points = ((p.vector, p.payload.get("modality", "")) for p in store.scroll(collection, with_vectors=True))
     vectors, labels = sample_by_modality(points, per_modality)
     meta = store.get_meta(collection)
+    if platt is None and method in (None, "platt"):
+        previous = stored_calibration(meta)
+        platt = previous.platt if previous is not None else None
+    method = method or ("platt" if platt is not None else "zscore")
     calibration = None
     if labels:
         calibration = fit_calibration(vectors, labels, method=method, rank=rank, points=store.count(collection),
-                                      computed_at=now_iso())
+                                      computed_at=now_iso(), platt=platt)
     data = calibration.model_dump() if calibration else None
     store.update_meta(collection, meta.model_copy(update={"calibration": data}))
     return calibration
@@ -225,7 +253,8 @@ def stored_calibration(meta) -> Calibration | None:
 
 
 def calibrated_top(query: np.ndarray, first: Sequence[tuple[float, str, object]], pool: int, calibration: Calibration,
-                   limit: int, fetch, modalities: Sequence[str] | None = None) -> list[tuple[float, float, object]]:
+                   limit: int, fetch, modalities: Sequence[str] | None = None,
+                   query_modality: str | None = None) -> list[tuple[float, float, object]]:
     """The exact calibrated top `limit`, from one unfiltered raw top list and as few filtered queries as possible.
 
     `first`: the raw top `pool` of every modality, as (raw score, modality, hit), best first. A
@@ -233,14 +262,15 @@ def calibrated_top(query: np.ndarray, first: Sequence[tuple[float, str, object]]
     each modality's order). Any other modality's unseen items score at most the last raw score of
     `first`, so at most that score calibrated: only when that bound reaches the current k-th
     calibrated score is the modality's own top fetched (`fetch(modality)` -> [(raw, hit), ...]).
-    `modalities`: those searched (default: every modality with statistics).
+    `modalities`: those searched (default: every modality with statistics). `query_modality`: see
+    Calibration.affine.
     """
     names = list(modalities or calibration.modalities)
     per: dict[str, list[tuple[float, object]]] = {m: [] for m in names}
     for raw, modality, hit in first:
         per.setdefault(modality, []).append((raw, hit))
     per = {m: hits[:limit] for m, hits in per.items()}
-    affine = calibration.affine(np.asarray(query, dtype=np.float32).reshape(1, -1))  # once per query
+    affine = calibration.affine(np.asarray(query, dtype=np.float32).reshape(1, -1), query_modality)  # once per query
     merged = merge_top(per, query, calibration, limit, affine)
     if len(first) < pool:  # the whole collection came back: nothing is unseen
         return merged

@@ -44,7 +44,8 @@ import numpy as np
 from omnisdk.errors import ModalityDetectionError, OmniError
 from omnisdk.items import Item, Locator
 from omnisdk.search.rules import WalkRules
-from omnisdk.search.calibration import refresh_calibration
+from omnisdk.search.calibration import refresh_calibration, stored_calibration
+from omnisdk.search.platt import load_platt
 from omnisdk.search.walk import Walk, file_sha256, point_id, under, walk, walk_paths
 from omnisdk.store.base import Store, StoredPoint, ensure_collection, now_iso
 from omnisdk.tables import markdown_table
@@ -224,6 +225,7 @@ class Indexer:
         self.on_event = on_event
         self.meta = ensure_collection(store, collection, dim=model.dim, fingerprint=model.fingerprint, model_path=model_dir,
                                       embedding=model.embedding_kind, aspects=model.aspect_count)
+        self._model_dir = model_dir
         self._aspects = model.aspect_count  # AGFF: each point stores its K aspect vectors and their pooled vector
         local = store.local_dir(collection)
         self.error_log = Path(error_log) if error_log else (local / "errors.jsonl" if local else Path(".omnisdk") / f"{collection}.errors.jsonl")
@@ -315,9 +317,13 @@ class Indexer:
                 self.store.optimize(self.collection)
         # AGFF search ranks by the model's aggregation, which the single-vector statistics do not describe.
         stale = report.points_written or report.points_deleted or getattr(self.meta, "calibration", None) is None
+        platt = load_platt(self._model_dir)  # fitted with the model (omnisdk.search.platt): recorded with the statistics
+        if platt is not None and not stale:
+            stored = stored_calibration(self.meta)
+            stale = stored is None or stored.platt != platt
         if stale and not self._aspects:
             # The modality correction's statistics follow the collection (omnisdk.search.calibration).
-            refresh_calibration(self.store, self.collection)
+            refresh_calibration(self.store, self.collection, platt=platt)
             self.meta = self.store.get_meta(self.collection)
         report.points_total = self.store.count(self.collection)
 

@@ -28,7 +28,9 @@ correction (omnisdk.search.calibration), from the statistics the indexer stored 
 one query per modality, each modality's scores standardised by that modality's own score
 distribution for this query, then merged; exact, because the correction keeps each modality's order.
 The merge first uses one wider raw query, and asks a modality for its own top only when that
-query cannot rule out its unseen items.
+query cannot rule out its unseen items. A collection indexed with a model that carries fitted
+"platt" parameters (omnisdk.search.platt) is ranked by them, per the query's modality
+(`search_vector(..., query_modality=)`, default text; `search` knows it from the query).
 AGFF collections (indexed with an AGFF model, omnisdk/aspects.py): the query's K aspect vectors
 prefetch `max(PREFETCH x limit, PREFETCH_MIN)` candidates by the stored multivector's MaxSim, which
 are then rescored exactly with the model's own aggregation (omnisdk/aggregation.py), and
@@ -181,9 +183,12 @@ class Searcher:
             ItemErrors: the query itself cannot be embedded (an unreadable file).
         """
         modalities = self._check_modalities(modalities)
-        return self.search_vector(self.encode_query(query), limit=limit, modalities=modalities)
+        item = as_item(query)
+        vector = self.encode_query(item)  # encoded: its modality is known (stated or detected)
+        return self.search_vector(vector, limit=limit, modalities=modalities, query_modality=self._query_modality(item))
 
-    def search_vector(self, vector: Any, *, limit: int = 10, modalities: str | Sequence[str] | None = None) -> list[SearchHit]:
+    def search_vector(self, vector: Any, *, limit: int = 10, modalities: str | Sequence[str] | None = None,
+                      query_modality: str | None = None) -> list[SearchHit]:
         if limit < 1:
             raise OmniError(f"limit must be at least 1, not {limit}")
         vector = np.asarray(vector, dtype=np.float32)
@@ -201,7 +206,7 @@ class Searcher:
                 wanted = [m for m in wanted if m in calibration.modalities] or wanted[:1]
             if calibration is None or (wanted is not None and len(wanted) == 1):
                 return [self._hit(rank, hit) for rank, hit in enumerate(self.store.query(self.collection, vector, limit, wanted, exact=exact), start=1)]
-            merged = self._calibrated(vector, limit, wanted, calibration, exact)
+            merged = self._calibrated(vector, limit, wanted, calibration, exact, query_modality)
         except StoreError:
             raise
         except Exception as exc:  # a backend error on query: one line naming the collection
@@ -209,7 +214,7 @@ class Searcher:
         return [self._hit(rank, hit, calibrated) for rank, (calibrated, _, hit) in enumerate(merged, start=1)]
 
     def _calibrated(self, vector: np.ndarray, limit: int, wanted: list[str] | None, calibration: Calibration,
-                    exact: bool) -> list[tuple[float, float, Hit]]:
+                    exact: bool, query_modality: str | None = None) -> list[tuple[float, float, Hit]]:
         """(calibrated, raw, hit) best first: one wider raw query, then each modality's own top only
         where the wider one cannot rule it out (exact, see calibration.calibrated_top; usually one query).
 
@@ -224,7 +229,7 @@ class Searcher:
             return [(h.score, h) for h in self.store.query(self.collection, vector, limit, [modality], exact=exact,
                                                            fields=MERGE_FIELDS)]
 
-        merged = calibrated_top(vector, first, pool, calibration, limit, fetch, wanted)
+        merged = calibrated_top(vector, first, pool, calibration, limit, fetch, wanted, query_modality)
         payloads = {p.id: p.payload for p in self.store.retrieve(self.collection, [h.id for _, _, h in merged])}
         # a point deleted between the query and the read keeps its place, with the payload it came with
         return [(calibrated, raw, Hit(h.id, h.score, payloads.get(h.id, h.payload))) for calibrated, raw, h in merged]
@@ -266,6 +271,13 @@ class Searcher:
         plugin = self.model.plugins.get(modality)
         where = plugin.describe_locator(locator) if plugin is not None and locator else (str(locator) if locator else "")
         return SearchHit(rank, hit.score, modality, payload.get("source", ""), locator, hit.id, where, payload, calibrated)
+
+    def _query_modality(self, item: Item) -> str | None:
+        detect = getattr(self.model, "detect", None)
+        try:
+            return detect(item) if detect is not None else item.modality
+        except Exception:  # the calibration then takes its default query modality
+            return item.modality
 
     def _check_modalities(self, modalities: str | Sequence[str] | None) -> list[str] | None:
         wanted = modality_list(modalities)
