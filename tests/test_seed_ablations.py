@@ -103,3 +103,33 @@ def test_every_variant_trains_with_the_joint_baselines_settings():
     assert settings["quotas"] == {"image": 100.0, "audio": 50.0}
     fixed = seed.joint_settings(config.model_copy(update={"joint": {"steps": 20, "quotas": {"image": 1.0}}}))
     assert fixed["steps"] == 20 and fixed["quotas"] == {"image": 1.0}
+
+
+def test_the_report_has_every_column_and_the_held_out_mean(tmp_path):
+    import json
+
+    from omnisdk.eval.report import EvalReport, TaskResult
+
+    report_module = _load("ablation_report")
+
+    def report(t2i: float, t2d: float) -> EvalReport:
+        tasks = [TaskResult(task=name, modality=m, query_modality="text", corpus_modality=m, n_queries=10, n_candidates=50,
+                            metrics={"hit@1": v, "ndcg@10": v}, chance=0.02)
+                 for name, m, v in (("t2i", "image", t2i), ("t2d", "document", t2d))]
+        return EvalReport(omnisdk_version="0", model="m", dataset="omniworld", dataset_hash="ab" * 32, split="test", tasks=tasks)
+
+    def row(name: str, label: str, rep: EvalReport, aspects: int) -> dict:
+        return {"variant": name, "label": label, "run": name, "directory": "x", "train_s": 40.0, "pairs_seen": 128,
+                "warmup_s": 12.5 if name == "coma" else None, "final_loss": 0.1,
+                "index": {"points": 50, "bytes": 123_456 * (1 + aspects)},
+                "latency": {"points": 2000, "p50_ms": 1.5, "p99_ms": 3.25}, "report": rep}
+
+    rows = [row("plain", "plain", report(0.5, 0.9), 0), row("coma", "+CoMa", report(0.7, 0.8), 0)]
+    chosen = {"chosen": {"ega": {"factor": 2.0}}, "tuned": False, "sweep_steps": None, "table": []}
+    report_module.write_report(tmp_path, rows, chosen, ["t2i"], {"batch_size": 32}, steps=4)
+    text = (tmp_path / "ablation.md").read_text()
+    assert "| +CoMa | 0.750 | 0.750 | 0.700 | 0.700 | 40.0 | 10.00 | 12.5 | 123,456 (50) | 1.50 | 3.25 |" in text
+    assert "NOT tuned on dev" in text and "t2i" in text
+    data = json.loads((tmp_path / "ablation.json").read_text())
+    assert data["summary"][0]["held_out_ndcg@10"] == 0.5 and data["summary"][1]["warmup_s"] == 12.5
+    assert (tmp_path / "ablation.png").stat().st_size > 1000
