@@ -1,8 +1,10 @@
 """The serving costs of a seed-method ablation variant: index size and search latency.
 
-- index size: bytes on disk of a Qdrant Edge collection holding the test corpus (the vectors the
-  test evaluation encoded, payloads shaped like the indexer's), after flush and optimize. An AGFF
-  model stores K aspect vectors (a MaxSim multivector) plus one pooled vector per point.
+- index size: bytes allocated on disk by a Qdrant Edge collection holding the test corpus (the
+  vectors the test evaluation encoded, payloads shaped like the indexer's), after flush and
+  optimize, WAL included; and the float32 bytes of its vectors alone. An AGFF model stores K aspect
+  vectors (a MaxSim multivector) plus one pooled vector per point. Edge preallocates sparse files
+  (32 MB pages, WAL segments), so the apparent size is recorded too but says little.
 - latency: p50/p99 of `Searcher.search_vector` on a Qdrant Edge collection of N random unit
   points (bench/search.py's vectors and payloads; default 100k), with the variant's own model, so
   an AGFF collection is searched the AGFF way: MaxSim prefetch over the multivector, then exact
@@ -86,8 +88,15 @@ def _points(documents: Sequence[tuple[Any, np.ndarray]], indexed_at: str) -> Ite
         yield StoredPoint(str(uuid.uuid5(_NAMESPACE, f"{sha}:{source}:{locator}")), vector, payload)
 
 
-def directory_bytes(root: Path) -> int:
-    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+#: index.json's format: 2 counts allocated bytes (Edge preallocates sparse 32 MB files, so the
+#: apparent size of an almost empty collection is ~150 MB and says nothing about its vectors).
+INDEX_FORMAT = 2
+
+
+def directory_bytes(root: Path) -> tuple[int, int]:
+    """(bytes allocated on disk, apparent bytes) of the files under `root`."""
+    files = [p.stat() for p in root.rglob("*") if p.is_file()]
+    return sum(st.st_blocks * 512 for st in files), sum(st.st_size for st in files)
 
 
 def index_size(model: Any, documents: Sequence[tuple[Any, np.ndarray]]) -> dict[str, Any]:
@@ -107,8 +116,10 @@ def index_size(model: Any, documents: Sequence[tuple[Any, np.ndarray]]) -> dict[
         store.flush(COLLECTION)
         store.optimize(COLLECTION)
         store.close()
-        return {"points": written, "bytes": directory_bytes(tmp / "store"), "embedding": model.embedding_kind,
-                "aspects": model.aspect_count}
+        allocated, apparent = directory_bytes(tmp / "store")
+        per_point = (model.aspect_count + 1 if model.aspect_count else 1) * model.dim * 4  # AGFF: K aspects + pooled
+        return {"format": INDEX_FORMAT, "points": written, "bytes": allocated, "apparent_bytes": apparent,
+                "vector_bytes": written * per_point, "embedding": model.embedding_kind, "aspects": model.aspect_count}
     finally:
         store.close()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -168,7 +179,7 @@ def search_latency(model: Any, points: int = 100_000, queries: int = 300, limit:
         return {"points": points, "queries": queries, "limit": limit, "embedding": model.embedding_kind,
                 "aspects": aspects, "p50_ms": round(statistics.median(latencies), 3),
                 "p99_ms": round(float(np.percentile(latencies, 99)), 3), "upsert_s": round(upsert_s, 2),
-                "optimize_s": round(optimize_s, 2), "store_bytes": directory_bytes(tmp / "store")}
+                "optimize_s": round(optimize_s, 2), "store_bytes": directory_bytes(tmp / "store")[0]}
     finally:
         store.close()
         shutil.rmtree(tmp, ignore_errors=True)

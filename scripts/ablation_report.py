@@ -32,6 +32,7 @@ def summary_rows(rows: Sequence[dict[str, Any]], held_out: Sequence[str], steps:
             **{f"held_out_{k}": v for k, v in held_out_means(report, held_out).items()},
             "train_s": train_s, "s_per_step": train_s / steps if train_s else None, "warmup_s": row["warmup_s"],
             "index_bytes": row["index"]["bytes"], "index_points": row["index"]["points"],
+            "vector_bytes": row["index"].get("vector_bytes"),
             "latency_points": lat["points"], "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"],
         })
     return out
@@ -72,10 +73,11 @@ def markdown(summary: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]], 
         "dev/test scene, clip and sound there leads with a pair of attributes never seen together in training.", "",
         markdown_table(
             ["variant", "nDCG@10", "hit@1", "held-out nDCG@10", "held-out hit@1", "train s", "s/step", "CoMa warm-up s",
-             "index bytes (points)", "p50 ms", "p99 ms"],
+             "index bytes on disk (points)", "vector bytes", "p50 ms", "p99 ms"],
             [[s["variant"], _f(s["test_ndcg@10"]), _f(s["test_hit@1"]), _f(s["held_out_ndcg@10"]), _f(s["held_out_hit@1"]),
               _f(s["train_s"], ".1f"), _f(s["s_per_step"], ".2f"), _f(s["warmup_s"], ".1f"),
-              f"{s['index_bytes']:,} ({s['index_points']})", _f(s["p50_ms"], ".2f"), _f(s["p99_ms"], ".2f")]
+              f"{s['index_bytes']:,} ({s['index_points']})", _f(s["vector_bytes"], ",d"), _f(s["p50_ms"], ".2f"),
+              _f(s["p99_ms"], ".2f")]
              for s in summary]), "",
         f"Latency: `Searcher.search_vector` over {summary[0]['latency_points']:,} random unit points on Qdrant Edge "
         "(bench/search.py's vectors and payloads), one measurement per layout (AGFF: MaxSim prefetch then exact "

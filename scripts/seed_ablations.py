@@ -26,8 +26,8 @@ each grid's first value is used and the report says the settings were not tuned.
 evaluated once, for the chosen settings only.
 
 Report (OUT/ablation.json|md|png): test nDCG@10 and hit@1 per task and macro, the same over
-OmniWorld's compositional held-out tasks, training time (and CoMa's extra), index size (bytes of a
-Qdrant Edge collection of the test corpus) and search latency p50/p99 over `--latency-points` random
+OmniWorld's compositional held-out tasks, training time (and CoMa's extra), index size (bytes on disk
+of a Qdrant Edge collection of the test corpus, and of its vectors alone) and search latency p50/p99 over `--latency-points` random
 points (scripts/ablation_costs.py; AGFF through its multivector path).
 
 Resumable: every checkpoint, evaluation and measurement is a file under OUT, skipped when present
@@ -159,7 +159,7 @@ def trained(ctx: Context, methods: tuple[str, ...], settings: MethodSettings, st
 
 def evaluated(ctx: Context, directory: Path, split: str) -> Any:
     """The split's EvalReport of a checkpoint (reused when saved for the same weights and data); on
-    the test split also the index size of its corpus (costs.json)."""
+    the test split also the index size of its corpus (evals/index.json)."""
     from omnisdk import checkpoint as ckpt
     from omnisdk.eval.report import EvalReport
     from omnisdk.eval.runner import evaluate
@@ -167,7 +167,7 @@ def evaluated(ctx: Context, directory: Path, split: str) -> Any:
 
     path, costs = directory / "evals" / f"{split}.json", directory / "evals" / "index.json"
     fingerprint = ckpt.read_manifest(directory).fingerprint
-    if path.is_file() and (split != "test" or costs.is_file()):
+    if path.is_file() and (split != "test" or _index_current(costs)):
         saved = EvalReport.from_json(path)
         if saved.model_fingerprint == fingerprint and saved.dataset_hash == ctx.dataset.content_hash():
             return saved
@@ -185,6 +185,12 @@ def evaluated(ctx: Context, directory: Path, split: str) -> Any:
         costs.write_text(json.dumps(index_size(model, list(encoder.documents.values())), indent=2))
     report.to_json(path)
     return report
+
+
+def _index_current(path: Path) -> bool:
+    from ablation_costs import INDEX_FORMAT
+
+    return path.is_file() and json.loads(path.read_text()).get("format") == INDEX_FORMAT
 
 
 def latency(ctx: Context, directory: Path) -> dict[str, Any]:

@@ -121,14 +121,14 @@ def test_the_report_has_every_column_and_the_held_out_mean(tmp_path):
     def row(name: str, label: str, rep: EvalReport, aspects: int) -> dict:
         return {"variant": name, "label": label, "run": name, "directory": "x", "train_s": 40.0, "pairs_seen": 128,
                 "warmup_s": 12.5 if name == "coma" else None, "final_loss": 0.1,
-                "index": {"points": 50, "bytes": 123_456 * (1 + aspects)},
+                "index": {"points": 50, "bytes": 123_456 * (1 + aspects), "vector_bytes": 76_800},
                 "latency": {"points": 2000, "p50_ms": 1.5, "p99_ms": 3.25}, "report": rep}
 
     rows = [row("plain", "plain", report(0.5, 0.9), 0), row("coma", "+CoMa", report(0.7, 0.8), 0)]
     chosen = {"chosen": {"ega": {"factor": 2.0}}, "tuned": False, "sweep_steps": None, "table": []}
     report_module.write_report(tmp_path, rows, chosen, ["t2i"], {"batch_size": 32}, steps=4)
     text = (tmp_path / "ablation.md").read_text()
-    assert "| +CoMa | 0.750 | 0.750 | 0.700 | 0.700 | 40.0 | 10.00 | 12.5 | 123,456 (50) | 1.50 | 3.25 |" in text
+    assert "| +CoMa | 0.750 | 0.750 | 0.700 | 0.700 | 40.0 | 10.00 | 12.5 | 123,456 (50) | 76,800 | 1.50 | 3.25 |" in text
     assert "NOT tuned on dev" in text and "t2i" in text
     data = json.loads((tmp_path / "ablation.json").read_text())
     assert data["summary"][0]["held_out_ndcg@10"] == 0.5 and data["summary"][1]["warmup_s"] == 12.5
