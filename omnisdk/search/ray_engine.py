@@ -108,7 +108,8 @@ class RayIndexer(Indexer):
                        "batch_size": self.batch_size},
         )
         return dataset.map_batches(
-            Embedder, batch_size=self.batch_size, batch_format="numpy", concurrency=options.actors,
+            Embedder, batch_size=self.batch_size, batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=options.actors),
             num_cpus=1, num_gpus=gpus, max_restarts=options.max_restarts, max_task_retries=options.max_task_retries,
             fn_constructor_kwargs={"model_dir": self.model_dir, "precision": self.model.precision,
                                    "batch_size": self.batch_size, "aspects": bool(self._aspects),
@@ -122,7 +123,7 @@ class RayIndexer(Indexer):
         jobs: dict[str, _Job] = {}
         fallback: list[_Job] = []
         progress = _progress_bar(len(todo), self.progress)
-        for batch in _timed(self._timer, dataset.iter_batches(batch_size=None, batch_format="numpy")):
+        for batch in _timed(self._timer, iter(dataset.iter_batches(batch_size=None, batch_format="numpy"))):
             for i in range(len(batch["path"])):
                 path = str(batch["path"][i])
                 if path not in todo:  # settled already: a retried task's repeat
