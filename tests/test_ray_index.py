@@ -57,6 +57,15 @@ def model(model_dir):
     return OmniModel.load(model_dir)
 
 
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory, model, model_dir):
+    """A folder (left unchanged) and the local indexer's report, points and error log on it."""
+    root = tmp_path_factory.mktemp("baseline")
+    data = write_folder(root / "data")
+    report, points = run("local", model, model_dir, root / "local", [data])
+    return data, report, points, logged(root / "local")
+
+
 def run(engine: str, model, model_dir, store_dir: Path, roots, prune: bool = False, **options):
     with open_store(str(store_dir)) as store:
         if engine == "ray":
@@ -115,9 +124,8 @@ def test_ray_engine_builds_the_local_indexers_collection_and_reruns_alike(model,
     assert logged(tmp_path / "ray") == logged(tmp_path / "local")
 
 
-def test_a_killed_embedding_actor_is_restarted_and_nothing_is_lost_or_duplicated(model, model_dir, tmp_path):
-    data = write_folder(tmp_path / "data")
-    local_report, local = run("local", model, model_dir, tmp_path / "local", [data])
+def test_a_killed_embedding_actor_is_restarted_and_nothing_is_lost_or_duplicated(model, model_dir, baseline, tmp_path):
+    data, local_report, local, local_log = baseline
     fault = tmp_path / "kill-me"
     fault.write_text("the first embedding actor to claim this file SIGKILLs itself before its second batch")
     events = []
@@ -132,7 +140,7 @@ def test_a_killed_embedding_actor_is_restarted_and_nothing_is_lost_or_duplicated
     assert counts(report) == counts(local_report)
     written = [info["path"] for name, info in events if name == "file"]
     assert len(written) == len(set(written)) == local_report.indexed  # every file written once
-    assert logged(tmp_path / "ray") == logged(tmp_path / "local")
+    assert logged(tmp_path / "ray") == local_log
 
 
 def test_the_ray_engine_refuses_watch_and_an_unsaved_model(tmp_path, tiny_model_factory, model_dir):

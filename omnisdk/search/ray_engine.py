@@ -52,9 +52,9 @@ class RayOptions(BaseModel):
     gpus_per_actor: float | None = Field(None, ge=0)
     #: files per decode task (a task is the unit of retry)
     files_per_task: int = Field(8, ge=1)
-    #: how often a killed decode task is run again
+    #: how often a killed decode task is run again (3: Ray's default)
     max_retries: int = Field(3, ge=0)
-    #: how often a dead actor is restarted, and its batch retried (-1: without limit)
+    #: how often a dead actor is restarted, and its batch retried (-1: without limit, Ray Data's default)
     max_restarts: int = -1
     max_task_retries: int = -1
     #: for tests: the first actor that claims this file kills its own process (see ray_workers.Embedder)
@@ -103,14 +103,15 @@ class RayIndexer(Indexer):
         dataset = ray.data.from_items(items, override_num_blocks=blocks)
         dataset = dataset.map_batches(
             decode_files, batch_size=options.files_per_task, batch_format="numpy", num_cpus=1,
-            max_retries=options.max_retries,
+            **_retries(max_retries=(options.max_retries, 3)),
             fn_kwargs={"model_dir": self.model_dir, "precision": self.model.precision, "known": known,
                        "batch_size": self.batch_size},
         )
         return dataset.map_batches(
             Embedder, batch_size=self.batch_size, batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=options.actors),
-            num_cpus=1, num_gpus=gpus, max_restarts=options.max_restarts, max_task_retries=options.max_task_retries,
+            num_cpus=1, num_gpus=gpus,
+            **_retries(max_restarts=(options.max_restarts, -1), max_task_retries=(options.max_task_retries, -1)),
             fn_constructor_kwargs={"model_dir": self.model_dir, "precision": self.model.precision,
                                    "batch_size": self.batch_size, "aspects": bool(self._aspects),
                                    "fault_file": options.fault_file},
@@ -131,8 +132,9 @@ class RayIndexer(Indexer):
                 modality, st, old_ids, groups = todo[path]
                 kind, sha = str(batch["kind"][i]), str(batch["sha256"][i])
                 if kind == CHUNK:
-                    job = jobs.get(path) or jobs.setdefault(path, _new_job(path, modality, st, sha, old_ids, batch, i,
-                                                                             self._vector_shape()))
+                    if path not in jobs:
+                        jobs[path] = _new_job(path, modality, st, sha, old_ids, batch, i, self._vector_shape())
+                    job = jobs[path]
                     if not self._take_chunk(job, batch, i):
                         continue
                     if job.done < len(job.chunks):
@@ -172,6 +174,12 @@ class RayIndexer(Indexer):
 
     def _vector_shape(self) -> tuple[int, ...]:
         return (self._aspects, self.model.dim) if self._aspects else (self.model.dim,)
+
+
+def _retries(**wanted: tuple[int, int]) -> dict[str, int]:
+    """The retry settings that differ from Ray Data's defaults (tasks: 3 retries; actors: restarted and retried
+    without limit): Ray 2.60 takes them only as deprecated extra remote arguments, so the defaults pass none."""
+    return {name: value for name, (value, default) in wanted.items() if value != default}
 
 
 def _new_job(path: str, modality: str, st: os.stat_result, sha: str, old_ids: set[str], batch, i: int,
