@@ -69,13 +69,13 @@ class RayIndexer(Indexer):
     """
 
     def __init__(self, store, collection: str, model, *, ray: RayOptions | None = None, **kwargs: Any):
+        model_dir = kwargs.get("model_dir") or getattr(model, "directory", None)
+        if not model_dir or not Path(model_dir).is_dir():  # checked before the collection is created
+            raise OmniError(f"the Ray engine loads the model on every worker from its directory, and there is none "
+                            f"({model_dir!r}): save the model and pass model_dir (--model DIR)")
         super().__init__(store, collection, model, **kwargs)
         self.options = ray or RayOptions()
-        model_dir = kwargs.get("model_dir") or getattr(model, "directory", None)
-        self.model_dir = str(model_dir) if model_dir else None
-        if not self.model_dir or not Path(self.model_dir).is_dir():
-            raise OmniError(f"the Ray engine loads the model on every worker from its directory, and there is none "
-                            f"({self.model_dir!r}): save the model and pass model_dir (--model DIR)")
+        self.model_dir = str(model_dir)
 
     def _index_files(self, files: list[Path], state: dict[str, dict[str, _Group]], reusable: dict[str, _Group]) -> None:
         todo: dict[str, tuple[str, os.stat_result, set[str], dict[str, _Group]]] = {}
