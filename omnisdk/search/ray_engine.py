@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -101,12 +102,17 @@ class RayIndexer(Indexer):
         items = [{"path": p, "modality": entry[0]} for p, entry in sorted(todo.items(), key=lambda kv: (kv[1][0], kv[0]))]
         blocks = max(1, -(-len(items) // options.files_per_task))
         dataset = ray.data.from_items(items, override_num_blocks=blocks)
-        dataset = dataset.map_batches(
-            decode_files, batch_size=options.files_per_task, batch_format="numpy", num_cpus=1,
-            **_retries(max_retries=(options.max_retries, 3)),
-            fn_kwargs={"model_dir": self.model_dir, "precision": self.model.precision, "known": known,
-                       "batch_size": self.batch_size},
-        )
+        with warnings.catch_warnings():
+            # max_retries is always passed: with remote arguments equal to the actors', Ray Data fuses the
+            # decode step into the actors, and decoding would run there, one file at a time per actor,
+            # instead of in tasks on every free CPU. Ray 2.60 warns that extra remote arguments are deprecated.
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+            dataset = dataset.map_batches(
+                decode_files, batch_size=options.files_per_task, batch_format="numpy", num_cpus=1,
+                max_retries=options.max_retries,
+                fn_kwargs={"model_dir": self.model_dir, "precision": self.model.precision, "known": known,
+                           "batch_size": self.batch_size},
+            )
         return dataset.map_batches(
             Embedder, batch_size=self.batch_size, batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=options.actors),
@@ -177,8 +183,8 @@ class RayIndexer(Indexer):
 
 
 def _retries(**wanted: tuple[int, int]) -> dict[str, int]:
-    """The retry settings that differ from Ray Data's defaults (tasks: 3 retries; actors: restarted and retried
-    without limit): Ray 2.60 takes them only as deprecated extra remote arguments, so the defaults pass none."""
+    """The actor retry settings that differ from Ray Data's defaults (restarted and retried without limit):
+    Ray 2.60 takes them only as deprecated extra remote arguments, so the defaults pass none."""
     return {name: value for name, (value, default) in wanted.items() if value != default}
 
 
