@@ -157,6 +157,29 @@ def _unreadable_key(shard: Path) -> str:
     return f"unreadable:{shard.name}"
 
 
+def row_to_bytes(row: Row) -> bytes:
+    """One prepared row as safetensors bytes (how a row travels between processes, e.g. Ray workers)."""
+    from safetensors.torch import save
+
+    check_storable(row)
+    return save(_tensors_of({"row": row}))
+
+
+def row_from_bytes(data: bytes) -> Row:
+    """The row `row_to_bytes` wrote."""
+    from safetensors.torch import load
+
+    tensors = load(data)
+    return _read_row(_Loaded(tensors), "row", list(tensors))
+
+
+class _Loaded:
+    """A dict of loaded tensors read through the `get_tensor` of a safetensors handle."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        self.get_tensor = tensors.__getitem__
+
+
 def _read_row(handle, key: str, names: list[str]) -> Row:
     row: Row = {}
     prefix = key + "/"

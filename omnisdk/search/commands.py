@@ -53,6 +53,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="chunks embedded per batch (default 32)")
     p.add_argument("--decode-workers", type=int, metavar="N", help="threads decoding the next batches while the "
                    "model embeds (default: up to 4, or $OMNISDK_DECODE_WORKERS; 0: decode and embed in turn)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: this process (default); ray: Ray Data tasks decode, an actor pool embeds (GPU actors "
+                   "where the cluster has GPUs), this process writes; needs omnisdk[ray] (docs/scale.md)")
+    p.add_argument("--ray-address", metavar="ADDR", help="with --engine ray: the cluster to join ('auto', "
+                   "ray://HOST:10001); default: a local cluster for this run")
+    p.add_argument("--ray-actors", type=int, default=1, metavar="N", help="with --engine ray: embedding actors (default 1)")
     p.add_argument("--error-log", type=Path, help="JSONL of this run's failures (default: in the store, or .omnisdk/)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -101,12 +107,18 @@ def cmd_index(args: argparse.Namespace) -> int:
             _refuse_early(meta, model_dir, args.collection, check_fingerprint)
         elif model_dir is None:
             raise OmniError(f"collection '{args.collection}' is new: say which model indexes it with --model DIR")
+        if args.engine == "ray" and args.watch:
+            raise OmniError("--watch runs on this machine: use it without --engine ray (index once with Ray, then watch)")
         model = OmniModel.load(model_dir, **compute_from(args))
-        indexer = Indexer(
-            store, args.collection, model, model_dir=model_dir, batch_size=args.batch_size, error_log=args.error_log,
-            decode_workers=args.decode_workers,
-            progress=False if args.no_progress or args.json else None,
-        )
+        options = dict(model_dir=model_dir, batch_size=args.batch_size, error_log=args.error_log,
+                       progress=False if args.no_progress or args.json else None)
+        if args.engine == "ray":
+            from omnisdk.search.ray_engine import RayIndexer, RayOptions
+
+            indexer = RayIndexer(store, args.collection, model, ray=RayOptions(address=args.ray_address,
+                                                                               actors=args.ray_actors), **options)
+        else:
+            indexer = Indexer(store, args.collection, model, decode_workers=args.decode_workers, **options)
         if args.watch:
             return _watch(indexer, args)
         report = indexer.index(args.paths, prune=args.prune, rules=_rules(args))

@@ -300,15 +300,7 @@ class Indexer:
         with open(self.error_log, log_mode, encoding="utf-8") as log:
             self._log = log
             self._report = report
-            jobs = []
-            for path in tree.files:
-                if path == self.error_log.resolve() or under(path, own):
-                    report.skipped["store"] += 1
-                    continue
-                job = self._plan(path, state.get(str(path), {}), reusable)
-                if job is not None:
-                    jobs.append(job)
-            self._embed(jobs)
+            self._index_files([p for p in tree.files if not self._is_own(p, own)], state, reusable)
             if prune_under is not None:
                 self._prune(prune_under, {str(p) for p in tree.files}, state)
         if report.points_written or report.points_deleted:
@@ -327,8 +319,51 @@ class Indexer:
             self.meta = self.store.get_meta(self.collection)
         report.points_total = self.store.count(self.collection)
 
+    def _index_files(self, files: list[Path], state: dict[str, dict[str, _Group]], reusable: dict[str, _Group]) -> None:
+        """Plan each file, then embed and write those that need it (omnisdk.search.ray_engine overrides this)."""
+        jobs = []
+        for path in files:
+            job = self._plan(path, state.get(str(path), {}), reusable)
+            if job is not None:
+                jobs.append(job)
+        self._embed(jobs)
+
+    def _is_own(self, path: Path, own: list[Path]) -> bool:
+        if path == self.error_log.resolve() or under(path, own):
+            self._report.skipped["store"] += 1
+            return True
+        return False
+
     def _plan(self, path: Path, groups: dict[str, _Group], reusable: dict[str, _Group]) -> _Job | None:
         """Decide what a file needs: nothing, its stale points dropped, a copy, or embedding."""
+        checked = self._precheck(path, groups)
+        if checked is None:
+            return None
+        modality, st, old_ids = checked
+        try:
+            sha = file_sha256(path)
+        except OSError as exc:  # unreadable now (permissions, gone): its stored points stay as they are
+            self._fail(read_error(str(path), exc))
+            return None
+        if self._settle(path, modality, st, sha, groups, reusable, old_ids):
+            return None
+        return self._decode(path, modality, st, sha, old_ids)
+
+    def _decode(self, path: Path, modality: str, st: os.stat_result, sha: str, old_ids: set[str]) -> _Job | None:
+        """The file's chunks to embed, or None when chunking fails (logged, its old points dropped)."""
+        try:
+            with self._timer.phase("decode"):
+                chunks = self.model.plugins[modality].chunk(Item.of_file(path, modality))
+        except Exception as exc:  # an unreadable file: this one fails, the run goes on
+            self._chunk_failed(path, old_ids, chunk_cause(exc))
+            return None
+        if not chunks:
+            self._chunk_failed(path, old_ids, nothing_to_embed(modality))
+            return None
+        return _Job(path, modality, st.st_size, st.st_mtime, sha, chunks, old_ids)
+
+    def _precheck(self, path: Path, groups: dict[str, _Group]) -> tuple[str, os.stat_result, set[str]] | None:
+        """What can be decided without reading the file's content: (modality, stat, old ids), or None when done."""
         report, source = self._report, str(path)
         report.files += 1
         try:
@@ -344,37 +379,32 @@ class Indexer:
             return None
         try:
             st = path.stat()
-            if len(groups) == 1:
-                group = next(iter(groups.values()))
-                if group.complete and _same_stat(group, st):
-                    report.unchanged += 1
-                    return None
-            sha = file_sha256(path)
         except OSError as exc:  # unreadable now (permissions, gone): its stored points stay as they are
-            self._fail(FileError(source, f"cannot read the file: {exc.strerror or exc}", "read"))
+            self._fail(read_error(source, exc))
             return None
+        if len(groups) == 1:
+            group = next(iter(groups.values()))
+            if group.complete and _same_stat(group, st):
+                report.unchanged += 1
+                return None
+        return modality, st, old_ids
+
+    def _settle(self, path: Path, modality: str, st: os.stat_result, sha: str, groups: dict[str, _Group],
+                reusable: dict[str, _Group], old_ids: set[str]) -> bool:
+        """True when the file's content is stored already (here: unchanged; elsewhere: copied), so nothing is embedded."""
         group = groups.get(sha)
         if group is not None and group.complete:  # same content, touched or left over from a killed run
             self._delete(path, old_ids - set(group.ids))
             if not _same_stat(group, st):
                 with self._timer.phase("upsert"):
                     self.store.set_payload(self.collection, group.ids, {"size": st.st_size, "mtime": stored_mtime(st.st_mtime)})
-            report.unchanged += 1
-            return None
-        if sha in reusable and self._copy(path, modality, st, sha, reusable[sha], old_ids):
-            return None
-        try:
-            with self._timer.phase("decode"):
-                chunks = self.model.plugins[modality].chunk(Item.of_file(path, modality))
-        except Exception as exc:  # an unreadable file: this one fails, the run goes on
-            self._fail(FileError(source, getattr(exc, "cause", None) or f"{type(exc).__name__}: {exc}", "chunk"))
-            self._delete(path, old_ids)
-            return None
-        if not chunks:
-            self._fail(FileError(source, f"the {modality} plugin found nothing to embed in it", "chunk"))
-            self._delete(path, old_ids)
-            return None
-        return _Job(path, modality, st.st_size, st.st_mtime, sha, chunks, old_ids)
+            self._report.unchanged += 1
+            return True
+        return sha in reusable and self._copy(path, modality, st, sha, reusable[sha], old_ids)
+
+    def _chunk_failed(self, path: Path, old_ids: set[str], cause: str) -> None:
+        self._fail(FileError(str(path), cause, "chunk"))
+        self._delete(path, old_ids)
 
     def _embed(self, jobs: list[_Job]) -> None:
         """Embed every job's chunks in windows of `batch_size`, decoding later windows while the model
@@ -556,6 +586,19 @@ def _payload(
     if text is not None:  # a text chunk's passage, so results show it without reading the file again
         payload["text"] = text
     return payload
+
+
+def read_error(source: str, exc: OSError) -> FileError:
+    return FileError(source, f"cannot read the file: {exc.strerror or exc}", "read")
+
+
+def chunk_cause(exc: BaseException) -> str:
+    """A failed `chunk` call in words: the plugin's own cause when it gives one."""
+    return getattr(exc, "cause", None) or f"{type(exc).__name__}: {exc}"
+
+
+def nothing_to_embed(modality: str) -> str:
+    return f"the {modality} plugin found nothing to embed in it"
 
 
 def _chunk_error(job: _Job) -> FileError:
