@@ -286,6 +286,40 @@ def test_indexing_on_a_full_disk_fails_clearly_and_the_earlier_points_stay_searc
     assert _sources(store, text_model)[0] == {str(p) for d in (first, second) for p in d.iterdir()}
 
 
+def test_a_full_disk_at_the_store_upserts_fails_clearly_and_the_next_run_finishes(small_disk, tmp_path, text_model):
+    """Room for the collection's metadata but not for Edge's writes, which would die of SIGBUS on a full disk
+    (omnisdk/store/edge.py): the upsert is refused with exit 2, and a re-run with space equals a clean run."""
+    from omnisdk.store.edge import ROOM_MARGIN
+
+    store = small_disk / "store"
+    first = _texts(tmp_path / "first", ["red", "green", "blue"])
+    assert _index(store, first, text_model).returncode == 0
+    filler = fill(small_disk)
+    with open(filler, "r+b") as fh:  # 1 MiB free: the metadata and error log fit, ROOM_MARGIN does not
+        fh.truncate(filler.stat().st_size - (1 << 20))
+    assert ROOM_MARGIN > 1 << 20
+    second = _texts(tmp_path / "second", [f"shade{i}" for i in range(40)])
+    run = _index(store, second, text_model)
+    assert run.returncode == 2, run.stderr[-2000:]
+    line = _one_clear_line(run.stderr, "no space left")
+    assert "writing to collection 'notes'" in line and "disk is full" in line, line
+    print("\nfull disk, store upsert:", line[:300])
+    filler.unlink()
+    sources, hits = _sources(store, text_model)
+    assert sources == {str(p) for p in first.iterdir()} and hits  # the refused run wrote nothing half
+    assert _index(store, second, text_model).returncode == 0
+    clean = tmp_path / "clean"
+    for folder in (first, second):
+        assert _index(clean, folder, text_model).returncode == 0
+    from omnisdk.store import open_store
+
+    payloads = []
+    for where in (store, clean):
+        with open_store(str(where)) as handle:
+            payloads.append({p.id: {k: v for k, v in p.payload.items() if k != "indexed_at"} for p in handle.scroll("notes")})
+    assert payloads[0] == payloads[1]
+
+
 def test_fusion_to_a_full_disk_fails_clearly_and_leaves_nothing(zoo, small_disk):
     root, specialists = zoo
     out = small_disk / "fused"
