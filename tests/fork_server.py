@@ -46,13 +46,14 @@ for line in sys.stdin:
             sys.stderr.flush()
             os._exit(code)
     print(json.dumps({"pid": pid}), flush=True)
-    _, status = os.waitpid(pid, 0)
-    print(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}), flush=True)
+    _, status, usage = os.wait4(pid, 0)
+    print(json.dumps({"returncode": os.waitstatus_to_exitcode(status), "cpu_s": usage.ru_utime + usage.ru_stime}), flush=True)
 """
 
 
 class ForkServer:
-    """`run(call, *args, env=...)` -> (returncode, output) of `call` in a child forked from the server."""
+    """`run(call, *args, env=...)` -> (returncode, output) of `call` in a child forked from the server;
+    `cpu_s` holds each job's CPU seconds (the cost a kill test pays, whatever the machine's load)."""
 
     def __init__(self, preload: list[str]):
         env = {**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}:{ROOT}", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
@@ -60,7 +61,7 @@ class ForkServer:
         self._logs = tempfile.TemporaryDirectory(prefix="omnisdk-fork-")
         self._proc = subprocess.Popen([sys.executable, "-c", SERVER, *preload], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       text=True, cwd=ROOT, env=env)
-        self._jobs, self._pending = 0, b""
+        self._jobs, self._pending, self.cpu_s = 0, b"", []
 
     def run(self, call: str, *args: str, env: dict[str, str] | None = None, timeout: float = 300) -> tuple[int, str]:
         self._jobs += 1
@@ -74,6 +75,7 @@ class ForkServer:
             os.kill(pid, signal.SIGKILL)
             self._read(60)
             raise TimeoutError(f"{call}{tuple(args)} ran over {timeout} s: {log.read_text()[-2000:]}") from None
+        self.cpu_s.append(done["cpu_s"])
         return done["returncode"], log.read_text(errors="replace")
 
     def _read(self, timeout: float) -> dict:
