@@ -18,9 +18,10 @@ EdgeStore in the process, or use a Qdrant server (qdrant-client backend).
 Every update goes through Edge's WAL, so it survives a kill of the process once `update` returns.
 
 A full disk: Edge writes through memory maps of sparse files, and a write to a page the disk cannot
-back kills the process with SIGBUS (measured with Edge 0.9 on a full tmpfs: no error, no cleanup).
-So every write first checks that the disk has room for it plus ROOM_MARGIN, and refuses with a
-WriteError ("no space left on device") otherwise; what was written before stays consistent.
+back kills the process with SIGBUS (measured with Edge 0.9 on a tmpfs with 1 MiB free: already
+while opening a shard, before any update; no error, no cleanup). So opening a shard, and every
+write, first checks that the disk has room for it plus ROOM_MARGIN, and refuses with a WriteError
+("no space left on device") otherwise; what was written before stays consistent.
 """
 from __future__ import annotations
 
@@ -280,7 +281,7 @@ class EdgeStore:
             self._ensure_room(collection, need)
         return shard
 
-    def _ensure_room(self, collection: str, need: int) -> None:
+    def _ensure_room(self, collection: str, need: int, doing: str = "writing to") -> None:
         """Refuse a write the disk may not hold (see the module docstring: Edge would die of SIGBUS)."""
         directory = self.local_dir(collection)
         try:
@@ -290,7 +291,7 @@ class EdgeStore:
         free, wanted = stat.f_bavail * stat.f_frsize, need + ROOM_MARGIN
         if free < wanted:
             raise WriteError.of(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
-                                f"writing to collection '{collection}' ({directory}: {free / 2**20:.1f} MiB free, "
+                                f"{doing} collection '{collection}' ({directory}: {free / 2**20:.1f} MiB free, "
                                 f"{wanted / 2**20:.1f} MiB wanted; the points written before are intact)")
 
     def _load(self, collection: str):
@@ -298,6 +299,12 @@ class EdgeStore:
         self._lock(collection)
         edge = _edge()
         shard_dir = self.local_dir(collection) / SHARD_DIR
+        if not _read_only(shard_dir):  # Edge writes to its files as it opens them
+            try:
+                self._ensure_room(collection, 0, "opening")
+            except WriteError:
+                self._unlock(collection)
+                raise
         try:
             if _read_only(shard_dir):
                 shard_dir = self._private_copy(collection, shard_dir)
