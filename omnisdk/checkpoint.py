@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 from omnisdk import __version__
 from omnisdk.backbone import BackboneSpec, refuse_pickles
 from omnisdk.errors import CheckpointError
+from omnisdk.faults import kill_point
 
 MANIFEST = "omnisdk.json"
 WEIGHTS = "model.safetensors"
@@ -207,6 +208,7 @@ def _write_then_rename(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        kill_point("atomic.rename")
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -19,6 +19,7 @@ from omnisdk import chat, compression, interleave, vlm
 from omnisdk.backbone import BackboneSpec, Pooling, build_from_spec, load_pretrained, pool, spec_of, special_token_frame
 from omnisdk.backbone import decoder_setup, left_pad, restore_tokenizer
 from omnisdk.errors import ItemError, ItemErrors, ModalityDetectionError, OmniError
+from omnisdk.faults import kill_point
 from omnisdk.items import Item, as_item
 from omnisdk.modality import (
     BuildContext,
@@ -224,6 +225,7 @@ class OmniModel(nn.Module):
         state = self.state_dict()
         ckpt.save_weights(state, directory / ckpt.WEIGHTS)
         self.tokenizer.save_pretrained(str(directory / ckpt.TOKENIZER_DIR))
+        kill_point("save.weights")
         self._fingerprint = ckpt.fingerprint(state.items())
         manifest = ckpt.Manifest(
             backbone=self.spec,

@@ -255,3 +255,33 @@ def test_freeze_batchnorm_stats_keeps_a_towers_statistics_while_its_weights_trai
     # by default (and in the joint stage) they are re-estimated
     train_specialist(base, "image", world["data"], tmp_path / "default", {**FAST, "steps": 2})
     assert any(not torch.equal(before[k], _weights(tmp_path / "default")[k]) for k in stats)
+
+
+def _stopped(world, out: Path, settings: dict) -> tuple[int, str]:
+    from omnisdk.errors import OmniError
+
+    with pytest.raises(OmniError, match="training stopped at step") as caught:
+        train_specialist(world["base"], "image", world["data"], out, settings, show_progress=False)
+    message = str(caught.value)
+    assert "\n" not in message
+    return int(message.split("training stopped at step ")[1].split(maxsplit=1)[0].rstrip(":")), message
+
+
+def test_a_diverging_run_stops_at_its_first_non_finite_loss_and_keeps_the_last_good_checkpoint(world, tmp_path):
+    from omnisdk.trainers import state as run_state
+
+    # A learning rate of 1e30: the first update makes weights of 1e30, whose products overflow float32.
+    settings = {**FAST, "steps": 6, "checkpoint_every": 1, "learning_rate": 1e30}
+    step, message = _stopped(world, tmp_path / "nan", settings)
+    last_good = run_state.checkpoint_dir(tmp_path / "nan" / "run", step - 1)
+    assert 1 < step <= 6 and str(last_good) in message, message
+    assert ("the loss is nan" in message or "the loss is inf" in message) and ".png" in message  # items named
+    assert run_state.latest_checkpoint(tmp_path / "nan" / "run") == last_good  # nothing after it was saved
+    saved = json.loads((last_good / "state.json").read_text())
+    assert saved["step"] == step - 1 and all(math.isfinite(loss) for _, loss in saved["losses"])
+    assert all(torch.isfinite(t).all() for t in load_file(str(last_good / "trainable.safetensors")).values())
+    assert not (tmp_path / "nan" / ckpt.MANIFEST).exists()
+    # Rerun with skipping allowed: it resumes from the kept checkpoint (the settings' digest ignores the
+    # allowance), skips two batches whose loss is still NaN, and stops at the third, saying so.
+    skipped, message = _stopped(world, tmp_path / "nan", {**settings, "skip_nonfinite_batches": 2})
+    assert skipped == step + 2 and "after skipping 2 such batches" in message, message

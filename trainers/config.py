@@ -82,6 +82,9 @@ class TrainConfig(BaseModel):
     #: one modality per batch, modalities taking turns by their quotas (see BatchSchedule).
     modality_batches: bool = False
     log_every: int = Field(10, ge=1)
+    #: at a NaN or infinite loss, training stops naming the step, the batch and the last good checkpoint
+    #: (kept); N > 0 skips up to N such batches instead (no update for them) before stopping.
+    skip_nonfinite_batches: int = Field(0, ge=0)
     #: modules none of whose parameters train (a frozen backbone, a frozen audio encoder) run in eval
     #: mode, as frozen feature extractors usually do: their dropout would only add noise to what the
     #: trained parts learn from. True keeps them in train mode.

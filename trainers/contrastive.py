@@ -141,23 +141,31 @@ class ContrastiveTrainer:
                    disable=self.show_progress is False or not self.world.is_main)
         loss_value = float("nan")
         micro_total = cfg.steps * cfg.grad_accumulation
+        nonfinite = 0
         with Prefetcher(self._prepare_micro_batch, micro_total) as prefetch:
             for step in range(start_step, cfg.steps):
                 self.optimizer.zero_grad(set_to_none=True)
-                step_loss = 0.0
+                step_loss, batches = 0.0, []
                 for micro in range(cfg.grad_accumulation):
                     scale = gradient_scale(self.world, self._gathers) / cfg.grad_accumulation
-                    loss, used, dropped = self._micro_backward(prefetch.get(step * cfg.grad_accumulation + micro), scale)
+                    prepared = prefetch.get(step * cfg.grad_accumulation + micro)
+                    batches.append(prepared[0])
+                    loss, used, dropped = self._micro_backward(prepared, scale)
                     step_loss += loss / cfg.grad_accumulation
                     pairs += used
                     skipped += dropped
                 average_gradients(self.trained.values(), self.world)
-                if cfg.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(list(self.trained.values()), cfg.max_grad_norm)
-                self.optimizer.step()
-                self.scheduler.step()
+                # Every rank averages the same losses, so every rank takes the same branch.
                 loss_value = average_scalar(step_loss, self.world)
-                if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+                if math.isfinite(loss_value):
+                    if cfg.max_grad_norm:
+                        torch.nn.utils.clip_grad_norm_(list(self.trained.values()), cfg.max_grad_norm)
+                    self.optimizer.step()
+                else:  # one NaN update would make every later loss NaN: stop, or skip this batch
+                    nonfinite += 1
+                    self._refuse_nonfinite(step + 1, loss_value, [ex for b in batches for ex in b], nonfinite)
+                self.scheduler.step()  # the schedule stays a function of the step number, skipped or not
+                if ((step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps) and math.isfinite(loss_value):
                     losses.append((step + 1, round(loss_value, 6)))
                 rate = pairs * self.world.size / max(time.perf_counter() - started, 1e-9)
                 bar.set_postfix(loss=f"{loss_value:.4f}", pairs_s=f"{rate:.1f}", refresh=False)
@@ -308,6 +316,23 @@ class ContrastiveTrainer:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.model.device.type, dtype=torch.bfloat16)
 
+    def _refuse_nonfinite(self, step: int, value: float, batch: list, count: int) -> None:
+        """Raise at a non-finite loss, unless `skip_nonfinite_batches` allows skipping this one (logged)."""
+        allowed = self.config.skip_nonfinite_batches
+        pairs = "; ".join(f"{ex.query.label()} -> {ex.positive.label()}" for ex in batch[:4])
+        pairs += f" (+{len(batch) - 4} more pairs)" if len(batch) > 4 else ""
+        if count <= allowed:
+            log.warning("step %d: the loss is %s; batch skipped (%d of skip_nonfinite_batches=%d): %s",
+                        step, value, count, allowed, pairs)
+            return
+        latest = run_state.latest_checkpoint(self.run_dir)
+        kept = (f"the last good checkpoint, {latest}, is kept and the next run resumes from it" if latest else
+                f"no checkpoint was written before it (checkpoint_every={self.config.checkpoint_every})")
+        skipped = f" after skipping {allowed} such batches" if allowed else ""
+        raise OmniError(f"training stopped at step {step}{skipped}: the loss is {value} on the batch {pairs}; {kept}. "
+                        "Lower the learning rate, check those items, or set skip_nonfinite_batches to skip such "
+                        "batches")
+
     # -- checkpoints ----------------------------------------------------------------------------------
     def _checkpoint(self, step: int, losses) -> None:
         if self.world.is_main:
@@ -331,7 +356,9 @@ class ContrastiveTrainer:
 
     def config_digest(self) -> str:
         # Settings left at their defaults stay out, so a field added later does not orphan older runs.
-        payload = self.config.model_dump(exclude={"checkpoint_every", "keep_checkpoints", "log_every"}, exclude_defaults=True)
+        # skip_nonfinite_batches too: a run stopped at a NaN loss may be resumed with skipping allowed.
+        payload = self.config.model_dump(exclude={"checkpoint_every", "keep_checkpoints", "log_every", "skip_nonfinite_batches"},
+                                         exclude_defaults=True)
         payload["world_size"] = self.world.size
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from omnisdk.errors import WriteError
+from omnisdk.faults import kill_point
 
 CHECKPOINTS = "checkpoints"
 
@@ -46,7 +47,9 @@ def save_state(run_dir: Path, step: int, named_params: dict[str, torch.nn.Parame
         raise WriteError.of(exc, f"writing training checkpoint {final}") from exc
     try:
         save_file({n: p.detach().cpu().contiguous() for n, p in named_params.items()}, str(tmp / "trainable.safetensors"))
+        kill_point("ckpt.trainable")
         save_file(_optimizer_tensors(named_params, optimizer), str(tmp / "optimizer.safetensors"))
+        kill_point("ckpt.optimizer")
         rng = {"cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
@@ -59,9 +62,11 @@ def save_state(run_dir: Path, step: int, named_params: dict[str, torch.nn.Parame
             raise WriteError.of(OSError(errno_of, os.strerror(errno_of)),
                                 f"writing training checkpoint {final} (the earlier checkpoints are intact)") from exc
         raise
-    if final.exists():
-        shutil.rmtree(final)
+    kill_point("ckpt.state")
+    if final.exists():  # moved aside whole first: a kill mid-delete must not leave a half one under its name
+        _discard(final)
     os.replace(tmp, final)
+    kill_point("ckpt.renamed")
     _prune(run_dir, keep)
     return final
 
@@ -111,6 +116,16 @@ def _optimizer_tensors(named_params: dict[str, torch.nn.Parameter], optimizer: t
 def _prune(run_dir: Path, keep: int) -> None:
     done = sorted(p for p in (run_dir / CHECKPOINTS).glob("step-*") if (p / "state.json").is_file())
     for old in done[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    for stale in (run_dir / CHECKPOINTS).glob(".step-*"):  # temporaries of a killed save
+        _discard(old)
+    for stale in (run_dir / CHECKPOINTS).glob(".step-*"):  # temporaries of a killed save, or of a killed prune
         shutil.rmtree(stale, ignore_errors=True)
+
+
+def _discard(checkpoint: Path) -> None:
+    """Delete a checkpoint directory: renamed out of the `step-*` names first (one atomic step), so a
+    kill while its files are being deleted leaves a hidden temporary, never a half checkpoint to resume from."""
+    doomed = checkpoint.with_name(f".{checkpoint.name}-deleting")
+    shutil.rmtree(doomed, ignore_errors=True)  # left by an earlier killed delete
+    os.replace(checkpoint, doomed)
+    kill_point("ckpt.prune")
+    shutil.rmtree(doomed, ignore_errors=True)

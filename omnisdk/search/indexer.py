@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 import numpy as np
 
 from omnisdk.errors import ModalityDetectionError, OmniError
+from omnisdk.faults import kill_point
 from omnisdk.items import Item, Locator
 from omnisdk.search.rules import WalkRules
 from omnisdk.search.calibration import refresh_calibration, stored_calibration
@@ -259,6 +260,7 @@ class Indexer:
         report = IndexReport(self.collection, self.store.location, [str(r) for r in roots], error_log=str(self.error_log))
         rules = rules or WalkRules()
         self._record_roots([r for r in roots if r.exists()], rules)
+        kill_point("index.roots")
         tree = walk([r for r in roots if r.exists()], rules)
         self._run(report, tree, roots if prune else None, log_mode="w")
         if prune:
@@ -305,7 +307,9 @@ class Indexer:
                 self._prune(prune_under, {str(p) for p in tree.files}, state)
         if report.points_written or report.points_deleted:
             with self._timer.phase("upsert"):
+                kill_point("index.flush")
                 self.store.flush(self.collection)
+                kill_point("index.optimize")
                 self.store.optimize(self.collection)
         # AGFF search ranks by the model's aggregation, which the single-vector statistics do not describe.
         stale = report.points_written or report.points_deleted or getattr(self.meta, "calibration", None) is None
@@ -315,9 +319,11 @@ class Indexer:
             stale = stored is None or stored.platt != platt
         if stale and not self._aspects:
             # The modality correction's statistics follow the collection (omnisdk.search.calibration).
+            kill_point("index.calibration")
             refresh_calibration(self.store, self.collection, platt=platt)
             self.meta = self.store.get_meta(self.collection)
         report.points_total = self.store.count(self.collection)
+        kill_point("index.done")
 
     def _index_files(self, files: list[Path], state: dict[str, dict[str, _Group]], reusable: dict[str, _Group]) -> None:
         """Plan each file, then embed and write those that need it (omnisdk.search.ray_engine overrides this)."""
@@ -396,6 +402,7 @@ class Indexer:
         if group is not None and group.complete:  # same content, touched or left over from a killed run
             self._delete(path, old_ids - set(group.ids))
             if not _same_stat(group, st):
+                kill_point("index.touch")
                 with self._timer.phase("upsert"):
                     self.store.set_payload(self.collection, group.ids, {"size": st.st_size, "mtime": stored_mtime(st.st_mtime)})
             self._report.unchanged += 1
@@ -490,8 +497,10 @@ class Indexer:
         gone = sorted(s for s in state if s not in present and under(s, roots))
         ids = [i for s in gone for g in state[s].values() for i in g.ids]
         if ids:
+            kill_point("index.prune.before")
             with self._timer.phase("upsert"):
                 self.store.delete(self.collection, ids)
+            kill_point("index.prune.after")
             self._event("prune", files=len(gone), points=len(ids))
         self._report.pruned_files += len(gone)
         self._report.points_deleted += len(ids)
@@ -537,16 +546,20 @@ class Indexer:
     def _upsert(self, path: Path, points: list[StoredPoint]) -> None:
         for start in range(0, len(points), self.upsert_batch_size):
             batch = points[start : start + self.upsert_batch_size]
+            kill_point("index.upsert.before")
             with self._timer.phase("upsert"):
                 self.store.upsert(self.collection, batch, batch_size=self.upsert_batch_size)
+            kill_point("index.upsert.after")
             self._report.points_written += len(batch)
             self._event("upsert", path=str(path), points=len(batch))
 
     def _delete(self, path: Path, ids: Iterable[str]) -> None:
         ids = sorted(ids)
         if ids:
+            kill_point("index.delete.before")
             with self._timer.phase("upsert"):
                 self.store.delete(self.collection, ids)
+            kill_point("index.delete.after")
             self._report.points_deleted += len(ids)
             self._event("delete", path=str(path), points=len(ids))
 
@@ -558,6 +571,7 @@ class Indexer:
         self._report.errors.append(error)
         self._log.write(json.dumps({"time": now_iso(), **error.as_dict()}) + "\n")
         self._log.flush()
+        kill_point("index.error_log")
 
     def _event(self, name: str, **info: Any) -> None:
         if self.on_event is not None:
