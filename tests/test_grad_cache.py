@@ -10,7 +10,7 @@ from omnisdk.trainers.config import TrainConfig
 from omnisdk.trainers.contrastive import ContrastiveTrainer
 from omnisdk.trainers.data import PairPool
 from omnisdk.trainers.embedding import embed_prepared
-from tests.test_trainer import _add_tone_pairs
+from media.audio import add_tone_pairs
 
 # hard and cross-modal negatives both on; a batch of 10 in chunks of 3 leaves a short last chunk
 SETTINGS = {"batch_size": 10, "hard_negatives": 1, "cross_modal_negatives": 1, "log_every": 1, "steps": 2,
@@ -26,7 +26,7 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("gradcache")
     data = root / "data"
     make_omniworld(data, domains=("scenes", "digits"))
-    _add_tone_pairs(data)
+    add_tone_pairs(data)
     base = root / "base"
     build_base("tiny").save(base)
     return {"root": root, "base": base, "pool": PairPool.from_dataset(load_dataset(data))}
