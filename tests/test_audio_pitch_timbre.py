@@ -8,18 +8,11 @@ import torch
 pytest.importorskip("soundfile")
 pytest.importorskip("torchaudio")
 
-from media.audio import tone  # noqa: E402
+from media.audio import tone_item as clip  # noqa: E402
 
-from omnisdk.items import Item  # noqa: E402
 from omnisdk.model import OmniModel  # noqa: E402
-from omnisdk.plugins.audio import Waveform  # noqa: E402
 from omnisdk.plugins.audio_encoder import PitchTimbreFront  # noqa: E402
 
-RATE = 16_000
-
-
-def clip(amplitude: float, seconds: float = 1.0, freq: float = 440.0) -> Item:
-    return Item(modality="audio", data=Waveform(tone(seconds, RATE, freq, amplitude), RATE))
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,14 @@ def tone(seconds: float, rate: int, freq: float = 440.0, amplitude: float = 0.5)
     return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
 
 
+def tone_item(amplitude: float, seconds: float = 1.0, freq: float = 440.0, rate: int = 16_000):
+    """An audio Item holding a sine beep as an in-memory waveform."""
+    from omnisdk.items import Item
+    from omnisdk.plugins.audio import Waveform
+
+    return Item(modality="audio", data=Waveform(tone(seconds, rate, freq, amplitude), rate))
+
+
 def write_wav(path: Path, seconds: float = 1.0, rate: int = 16_000, freq: float = 440.0, amplitude: float = 0.5) -> Path:
     """A mono 16-bit PCM WAV of a sine beep."""
     import soundfile
