@@ -44,9 +44,8 @@ def main() -> None:
     config = PipelineConfig.model_validate(json.loads((args.run / "config.json").read_text()))
     dataset = load_dataset(config.data.path or args.run / "data")  # generated runs keep it in RUN/data
     model = OmniModel.load(args.run / "base").use_cache(args.run / "cache")
-    settings = {**{k: v for k, v in config.train.items() if k not in ("adapter_learning_rate", "checkpoint_every")},
-                **config.align, "steps": args.steps, "trainable": [f"adapters.{m}.*" for m in model.plugins if m != "text"],
-                "learning_rate": config.train.get("adapter_learning_rate", 1e-3)}
+    settings = {**config.align_settings(), "steps": args.steps,
+                "trainable": [f"adapters.{m}.*" for m in model.plugins if m != "text"]}
     pool = PairPool.from_dataset(dataset, modalities=[m for m in model.plugins if m != "text"])
     with tempfile.TemporaryDirectory() as tmp:
         trainer = ContrastiveTrainer(model, pool, TrainConfig(**settings), Path(tmp), show_progress=False)

@@ -58,9 +58,7 @@ def main() -> None:
         name, changes = parse_variant(spec)
         if name in results:
             continue
-        settings = {**{k: v for k, v in config.train.items() if k != "adapter_learning_rate"}, **config.align, **changes}
-        settings.setdefault("learning_rate", config.train.get("adapter_learning_rate", 1e-3))
-        settings["checkpoint_every"] = 10_000
+        settings = {**config.align_settings(), **changes, "checkpoint_every": 10_000}
         out = work / name
         shutil.rmtree(out, ignore_errors=True)
         started = time.perf_counter()

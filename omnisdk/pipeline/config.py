@@ -84,6 +84,13 @@ class PipelineConfig(BaseModel):
     def specialist_settings(self, plugin: str) -> dict[str, Any]:
         return {**self.train, **self.specialist.get(plugin, {})}
 
+    def align_settings(self) -> dict[str, Any]:
+        """[train] then [align]; the adapters' rate is alignment's rate unless [align] sets its own."""
+        settings = {**{k: v for k, v in self.train.items() if k != "adapter_learning_rate"}, **self.align}
+        if "adapter_learning_rate" in self.train and "learning_rate" not in self.align:
+            settings["learning_rate"] = self.train["adapter_learning_rate"]
+        return settings
+
 
 def load_config(source: str | Path) -> PipelineConfig:
     """A preset name (tiny, demo, small, full) or a TOML file."""

@@ -168,14 +168,11 @@ class Pipeline:
     def _align(self, base: Path, dataset: Dataset) -> Path | None:
         if not self.config.align or int(self.config.align.get("steps", 0)) == 0:
             return None
-        settings = {**self._settings({}), **self.config.align}
         from omnisdk.trainers.stages import align
 
         directory = self.out / "aligned"
         if not self._done(directory, "align"):
-            if "adapter_learning_rate" in self.config.train and "learning_rate" not in self.config.align:
-                settings["learning_rate"] = self.config.train["adapter_learning_rate"]
-            result = align(base, dataset, directory, settings, show_progress=self.show_progress,
+            result = align(base, dataset, directory, self.config.align_settings(), show_progress=self.show_progress,
                            cache=self.cache, device=self.device)
             self.say(f"[align] {result.steps} steps, loss {result.final_loss:.4f}, {result.seconds:.0f} s")
         return directory
@@ -260,7 +257,8 @@ class Pipeline:
             settings = {**self.config.train, **self.config.joint}
             if self.config.joint_matches_specialist_steps:
                 steps = self._specialist_steps()
-                settings.setdefault("steps", sum(steps.values()))
+                if "steps" not in self.config.joint:
+                    settings["steps"] = sum(steps.values())
                 if "quotas" not in self.config.joint:
                     # each modality gets the share of batches its specialist had: the same pairs per
                     # modality, so the comparison is fair and the joint costs what the specialists cost
